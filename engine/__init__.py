@@ -1,0 +1,1 @@
+"""medfake.engine: the library (data format, phantoms, models, sampling, training, metrics)."""

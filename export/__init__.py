@@ -1,0 +1,1 @@
+"""medfake.export: ONNX / TensorRT export of diffusion components."""

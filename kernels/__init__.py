@@ -1,0 +1,1 @@
+"""medfake.kernels: attention dispatch and fused kernels for the PyTorch path."""

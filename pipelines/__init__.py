@@ -1,0 +1,1 @@
+"""medfake.pipelines: jobs composed from the engine, and the `medfake` CLI."""

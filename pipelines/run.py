@@ -1,0 +1,179 @@
+"""`medfake run`: the whole chain on the embedded phantom world, ending in a real-data verdict.
+
+phantoms (cached) -> generator pretraining on the public corpus (cached) -> synthesis into shards
+(resumable) -> CLIP pretraining on synthetic shards, and on the public corpus for the control
+-> fine-tuning on k real images per class -> evaluation on the real hospital test split.
+
+Arms share one fine-tuning budget (same steps, batch, lr) and differ only in what the model saw
+before it: nothing (real-only), synthetic images, or the generator's own training corpus used
+directly (the control a generator must beat). ``synthetic-only`` never sees a real image.
+The small-CNN arms repeat the comparison with the liver-lesion study's classifier trained on
+real, real+synthetic or real+public images at an equal step budget.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.classifiers import predict_proba, train_classifier
+from ..engine.dataset import DatasetInfo, SplitArrays, load_split
+from ..engine.metrics import classification_metrics
+from ..engine.paths import cache_dir
+from ..engine.phantoms import PhantomConfig, make_phantom_world
+from ..engine.seeding import derive_seed
+from .report import write_report
+from .synth import SynthConfig, synthesize
+from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier,
+                         pretrain_clip)
+from .train_generator import GeneratorTrainConfig, cached_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    name: str = "embedded"
+    out_root: str = "runs"
+    phantoms: PhantomConfig = field(default_factory=PhantomConfig)
+    generator: GeneratorTrainConfig = field(default_factory=lambda: GeneratorTrainConfig.profile("embedded"))
+    clip: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig.profile("embedded"))
+    synth_per_class: int = 300
+    synth_steps: int = 20
+    guidance_scale: float = 4.0
+    scheduler: str = "dpm++"
+    k_shot: int = 5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    cnn_steps: int = 300
+
+    @classmethod
+    def profile(cls, name: str) -> "RunConfig":
+        """``embedded``: the documented run (<= 15 min on 2 cores); ``test``: the CI-size chain."""
+        if name == "embedded":
+            return cls()
+        if name == "test":
+            return cls(name="test", phantoms=PhantomConfig(n_public_per_class=120,
+                                                           n_train_per_class=20,
+                                                           n_val_per_class=5,
+                                                           n_test_per_class=20),
+                       generator=GeneratorTrainConfig.profile("test"),
+                       clip=ClipTrainConfig.profile("test"), synth_per_class=16, synth_steps=4,
+                       seeds=(0, 1), cnn_steps=20)
+        raise ValueError(f"unknown run profile {name!r}; choose 'embedded' or 'test'")
+
+
+def kshot_subset(train: SplitArrays, k: int, seed: int) -> SplitArrays:
+    """k images per class drawn with ``seed`` (the same seed gives the same subset)."""
+    rng = np.random.default_rng(derive_seed("kshot", seed, k))
+    idx = []
+    for c in np.unique(train.labels):
+        pool = np.flatnonzero(train.labels == c)
+        if len(pool) < k:
+            raise ValueError(f"class {c} has only {len(pool)} training images; k={k} is too many")
+        idx.extend(rng.choice(pool, size=k, replace=False))
+    return train.subset(idx)
+
+
+def _concat(a: SplitArrays, b: SplitArrays) -> SplitArrays:
+    return SplitArrays(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
+                       a.captions + b.captions, a.keys + b.keys, a.metas + b.metas)
+
+
+def finetune_and_evaluate(real_dir: str | Path, init: Path | None, k: int, seed: int,
+                          cfg: ClipTrainConfig) -> dict:
+    """Fine-tune a CLIP (from ``init`` or from scratch) on k real images per class; test metrics."""
+    info = DatasetInfo.load(real_dir)
+    train = kshot_subset(load_split(real_dir, "train"), k, seed)
+    model = finetune_classifier(init, train, info.class_names, info.prompt_templates,
+                                _with_seed(cfg, seed))
+    return evaluate_classifier(model, load_split(real_dir, "test"), info.class_names)
+
+
+def _with_seed(cfg: ClipTrainConfig, seed: int) -> ClipTrainConfig:
+    return ClipTrainConfig(**{**asdict(cfg), "seed": seed})
+
+
+def _cnn_arm(train: SplitArrays, test: SplitArrays, names: list[str], steps: int,
+             seed: int) -> dict:
+    model = train_classifier(train.images, train.labels, steps=steps, batch=64, lr=1e-3,
+                             seed=seed, augment=False)
+    return classification_metrics(test.labels, predict_proba(model, test.images), names)
+
+
+def run_chain(cfg: RunConfig) -> Path:
+    """Run every stage (each cached or resumable); return the run directory."""
+    t0 = time.time()
+    run_dir = Path(cfg.out_root) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, t: float) -> None:
+        timings[name] = round(time.time() - t, 1)
+        log.info("stage %s done in %.1f s", name, timings[name])
+
+    t = time.time()
+    world = cache_dir("phantoms", f"seed{cfg.phantoms.seed}-" + str(
+        derive_seed(json.dumps(asdict(cfg.phantoms), sort_keys=True)) % 10**10))
+    public, hospital = world / "public", world / "hospital"
+    if not (hospital / "dataset.json").exists():
+        make_phantom_world(world, cfg.phantoms)
+    stage("phantoms", t)
+
+    t = time.time()
+    model_dir = cached_generator(public, cfg.generator)
+    stage("generator", t)
+
+    t = time.time()
+    synth_dir = synthesize(SynthConfig(model_dir=str(model_dir), real_dataset=str(hospital),
+                                       out_dir=str(run_dir / "synthetic"),
+                                       per_class=cfg.synth_per_class, seed=0,
+                                       scheduler=cfg.scheduler, steps=cfg.synth_steps,
+                                       guidance_scale=cfg.guidance_scale))
+    stage("synthesis", t)
+
+    t = time.time()
+    ckpt_synth = pretrain_clip([str(synth_dir)], run_dir / "clip-synthetic", cfg.clip)
+    ckpt_public = pretrain_clip([str(public)], run_dir / "clip-public", cfg.clip)
+    stage("clip_pretrain", t)
+
+    t = time.time()
+    info = DatasetInfo.load(hospital)
+    names = info.class_names
+    train_pool, test = load_split(hospital, "train"), load_split(hospital, "test")
+    synth = load_split(synth_dir, "train")
+    public_arr = load_split(public, "train")
+    rows: list[dict] = []
+    for seed in cfg.seeds:
+        real_k = kshot_subset(train_pool, cfg.k_shot, seed)
+        fcfg = _with_seed(cfg.clip, seed)
+        arms = {
+            "clip real-only": (None, real_k),
+            "clip synthetic-pretrain + real-finetune": (ckpt_synth, real_k),
+            "clip synthetic-only": (ckpt_synth, synth),
+            "clip control: public-pretrain + real-finetune": (ckpt_public, real_k),
+        }
+        for arm, (init, data) in arms.items():
+            model = finetune_classifier(init, data, names, info.prompt_templates, fcfg)
+            rows.append({"arm": arm, "seed": seed,
+                         **evaluate_classifier(model, test, names)})
+        cnn_arms = {"cnn real-only": real_k, "cnn real + synthetic": _concat(real_k, synth),
+                    "cnn control: real + public": _concat(real_k, public_arr)}
+        for arm, data in cnn_arms.items():
+            rows.append({"arm": arm, "seed": seed,
+                         **_cnn_arm(data, test, names, cfg.cnn_steps, seed)})
+        log.info("seed %d done", seed)
+    stage("finetune_evaluate", t)
+    timings["total"] = round(time.time() - t0, 1)
+
+    results = {"config": asdict(cfg), "k_shot": cfg.k_shot, "class_names": names,
+               "rows": rows, "timings_s": timings, "model_dir": str(model_dir),
+               "synthetic_dir": str(synth_dir), "hospital_dir": str(hospital)}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    report = write_report(run_dir, results, train_pool, synth)
+    print(report.read_text().split("\n## ", 2)[1].split("\n", 1)[1])
+    print(f"report: {report}")
+    return run_dir
