@@ -127,26 +127,37 @@ def render_lesion(rng: np.random.Generator, cls: int, style: DomainStyle, size: 
 def _write_domain(writer: DatasetWriter, split: str, per_class: int, style: DomainStyle,
                   cfg: PhantomConfig, domain: str, patient_counter: list[int],
                   pbar: tqdm) -> None:
-    """Write ``per_class`` images of every class into ``split``, 1-3 images per patient."""
-    for cls, name in enumerate(CLASS_NAMES):
+    """Write ``per_class`` images of every class into ``split``, 1-3 images per patient.
+
+    Patients of all classes are interleaved in a seeded order, so every shard holds a class mix
+    (a contrastive batch drawn from a class-pure shard would have nothing to contrast).
+    """
+    rng = np.random.default_rng(derive_seed(cfg.seed, domain, split, "patients"))
+    groups: list[tuple[int, int]] = []  # (class, images of this patient)
+    for cls in range(len(CLASS_NAMES)):
         made = 0
         while made < per_class:
-            patient_counter[0] += 1
-            pid = f"{domain[0].upper()}{patient_counter[0]:06d}"
-            prng = np.random.default_rng(derive_seed(cfg.seed, domain, pid))
-            parenchyma = style.parenchyma + prng.normal(0, style.parenchyma_jitter)
-            for j in range(min(int(prng.integers(1, 4)), per_class - made)):
-                key = f"{domain}_{pid}_{j}"
-                rng = np.random.default_rng(derive_seed(cfg.seed, key))
-                image = render_lesion(rng, cls, style, cfg.image_size, parenchyma)
-                templates = PROMPT_TEMPLATES[name]
-                txt = templates[int(rng.integers(len(templates)))] if domain == "public" \
-                    else templates[0]
-                meta = {"patient_id": pid, "split": split, "source": f"phantom-{domain}",
-                        "class_name": name}
-                writer.add(split, Sample(key, image, cls, txt, meta))
-                made += 1
-                pbar.update(1)
+            n = min(int(rng.integers(1, 4)), per_class - made)
+            groups.append((cls, n))
+            made += n
+    for g in rng.permutation(len(groups)):
+        cls, n_images = groups[g]
+        name = CLASS_NAMES[cls]
+        patient_counter[0] += 1
+        pid = f"{domain[0].upper()}{patient_counter[0]:06d}"
+        prng = np.random.default_rng(derive_seed(cfg.seed, domain, pid))
+        parenchyma = style.parenchyma + prng.normal(0, style.parenchyma_jitter)
+        for j in range(n_images):
+            key = f"{domain}_{pid}_{j}"
+            irng = np.random.default_rng(derive_seed(cfg.seed, key))
+            image = render_lesion(irng, cls, style, cfg.image_size, parenchyma)
+            templates = PROMPT_TEMPLATES[name]
+            txt = templates[int(irng.integers(len(templates)))] if domain == "public" \
+                else templates[0]
+            meta = {"patient_id": pid, "split": split, "source": f"phantom-{domain}",
+                    "class_name": name}
+            writer.add(split, Sample(key, image, cls, txt, meta))
+            pbar.update(1)
 
 
 def make_phantom_world(out_dir: str | Path, cfg: PhantomConfig | None = None) -> tuple[Path, Path]:

@@ -57,8 +57,7 @@ def _cmd_synth(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_clip(a: argparse.Namespace) -> None:
-    from .train_clip import ClipTrainConfig, pretrain_clip
-    from .run import finetune_and_evaluate
+    from .train_clip import ClipTrainConfig, fewshot_summary, pretrain_clip
     cfg = ClipTrainConfig.profile(a.profile)
     if a.stage == "pretrain":
         if not a.data or not a.out:
@@ -67,8 +66,7 @@ def _cmd_train_clip(a: argparse.Namespace) -> None:
     else:
         if not a.real:
             raise ValueError("--stage finetune needs --real DIR (a dataset with train/test splits)")
-        metrics = finetune_and_evaluate(a.real, Path(a.init) if a.init else None, a.k, a.seed, cfg)
-        print(json.dumps(metrics, indent=1))
+        print(json.dumps(fewshot_summary(a.init, a.real, a.k, a.seeds, cfg, a.zero_shot), indent=1))
 
 
 def _cmd_run(a: argparse.Namespace) -> None:
@@ -116,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg = train.add_parser("generator", help="pretrain the tiny SD on a captioned corpus (cached)")
     tg.add_argument("--corpus", required=True)
     tg.add_argument("--out", help="output dir (default: the cache)")
-    tg.add_argument("--profile", default="embedded", choices=["embedded", "test"])
+    tg.add_argument("--profile", default="default", choices=["default", "test"])
     tg.set_defaults(fn=_cmd_train_generator)
     tc = train.add_parser("clip", help="CLIP pretraining on shards or fine-tuning on real images")
     tc.add_argument("--stage", required=True, choices=["pretrain", "finetune"])
@@ -125,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--real", help="finetune: real dataset dir (train/test splits)")
     tc.add_argument("--init", help="finetune: pretrain checkpoint (omit for real-only)")
     tc.add_argument("--k", type=int, default=5, help="finetune: real images per class")
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--profile", default="embedded", choices=["embedded", "test"])
+    tc.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="finetune: one run per seed (k-shot subset and initialisation)")
+    tc.add_argument("--zero-shot", action="store_true", help="finetune: also zero-shot --init")
+    tc.add_argument("--profile", default="default", choices=["default", "test"])
     tc.set_defaults(fn=_cmd_train_clip)
 
     sy = sub.add_parser("synth", help="text-to-image synthesis into shards (resumable)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..engine.seeding import derive_seed
 from .report import write_report
 from .synth import SynthConfig, synthesize
 from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier,
-                         pretrain_clip)
+                         kshot_subset, pretrain_clip, zero_shot_eval)
 from .train_generator import GeneratorTrainConfig, cached_generator
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class RunConfig:
     name: str = "embedded"
     out_root: str = "runs"
     phantoms: PhantomConfig = field(default_factory=PhantomConfig)
-    generator: GeneratorTrainConfig = field(default_factory=lambda: GeneratorTrainConfig.profile("embedded"))
+    generator: GeneratorTrainConfig = field(default_factory=lambda: GeneratorTrainConfig.profile("default"))
     clip: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig.profile("embedded"))
     synth_per_class: int = 300
     synth_steps: int = 20
@@ -66,35 +66,13 @@ class RunConfig:
         raise ValueError(f"unknown run profile {name!r}; choose 'embedded' or 'test'")
 
 
-def kshot_subset(train: SplitArrays, k: int, seed: int) -> SplitArrays:
-    """k images per class drawn with ``seed`` (the same seed gives the same subset)."""
-    rng = np.random.default_rng(derive_seed("kshot", seed, k))
-    idx = []
-    for c in np.unique(train.labels):
-        pool = np.flatnonzero(train.labels == c)
-        if len(pool) < k:
-            raise ValueError(f"class {c} has only {len(pool)} training images; k={k} is too many")
-        idx.extend(rng.choice(pool, size=k, replace=False))
-    return train.subset(idx)
-
-
 def _concat(a: SplitArrays, b: SplitArrays) -> SplitArrays:
     return SplitArrays(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
                        a.captions + b.captions, a.keys + b.keys, a.metas + b.metas)
 
 
-def finetune_and_evaluate(real_dir: str | Path, init: Path | None, k: int, seed: int,
-                          cfg: ClipTrainConfig) -> dict:
-    """Fine-tune a CLIP (from ``init`` or from scratch) on k real images per class; test metrics."""
-    info = DatasetInfo.load(real_dir)
-    train = kshot_subset(load_split(real_dir, "train"), k, seed)
-    model = finetune_classifier(init, train, info.class_names, info.prompt_templates,
-                                _with_seed(cfg, seed))
-    return evaluate_classifier(model, load_split(real_dir, "test"), info.class_names)
-
-
 def _with_seed(cfg: ClipTrainConfig, seed: int) -> ClipTrainConfig:
-    return ClipTrainConfig(**{**asdict(cfg), "seed": seed})
+    return replace(cfg, seed=seed)
 
 
 def _cnn_arm(train: SplitArrays, test: SplitArrays, names: list[str], steps: int,
@@ -160,6 +138,8 @@ def run_chain(cfg: RunConfig) -> Path:
             model = finetune_classifier(init, data, names, info.prompt_templates, fcfg)
             rows.append({"arm": arm, "seed": seed,
                          **evaluate_classifier(model, test, names)})
+        rows.append({"arm": "clip synthetic-only, zero-shot", "seed": seed,
+                     **zero_shot_eval(ckpt_synth, test, names, info.prompt_templates)})
         cnn_arms = {"cnn real-only": real_k, "cnn real + synthetic": _concat(real_k, synth),
                     "cnn control: real + public": _concat(real_k, public_arr)}
         for arm, data in cnn_arms.items():

@@ -52,9 +52,9 @@ def plan_samples(cfg: SynthConfig, class_names: list[str],
                  templates: dict[str, list[str]]) -> list[dict]:
     """The fixed, ordered list of samples the job must produce."""
     plan = []
-    for cls, name in enumerate(class_names):
-        prompts = templates.get(name) or [f"a medical image of {name}"]
-        for i in range(cfg.per_class):
+    for i in range(cfg.per_class):  # classes interleaved: every shard holds a class mix
+        for cls, name in enumerate(class_names):
+            prompts = templates.get(name) or [f"a medical image of {name}"]
             key = f"syn_{name}_{i:06d}"
             plan.append({"key": key, "cls": cls, "prompt": prompts[i % len(prompts)],
                          "seed": derive_seed(cfg.seed, key) % (1 << 62)})
