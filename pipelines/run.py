@@ -48,7 +48,7 @@ class RunConfig:
     scheduler: str = "dpm++"
     k_shot: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
-    cnn_steps: int = 300
+    cnn_steps: int = 200
 
     @classmethod
     def profile(cls, name: str) -> "RunConfig":
@@ -150,6 +150,7 @@ def run_chain(cfg: RunConfig) -> Path:
     timings["total"] = round(time.time() - t0, 1)
 
     results = {"config": asdict(cfg), "k_shot": cfg.k_shot, "class_names": names,
+               "n_test": len(test),
                "rows": rows, "timings_s": timings, "model_dir": str(model_dir),
                "synthetic_dir": str(synth_dir), "hospital_dir": str(hospital)}
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -47,8 +47,8 @@ class ClipTrainConfig:
 
     model: str = "medfake-tiny"
     split: str = "train"             # split of each shard dir used for pretraining
-    steps: int = 300
-    batch_size: int = 128
+    steps: int = 200
+    batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.1
     grad_clip: float = 1.0           # max global grad norm (0 disables)
@@ -57,7 +57,7 @@ class ClipTrainConfig:
     shuffle_buffer: int = 2000       # samples; must exceed n_classes x shard size if shards are class-pure
     workers: int = 1                 # DataLoader workers (capped at the number of shards)
     checkpoint_every: int = 100
-    ft_steps: int = 300
+    ft_steps: int = 150
     ft_batch: int = 32
     ft_lr: float = 3e-4
     ft_weight_decay: float = 0.05

@@ -51,12 +51,12 @@ class GeneratorTrainConfig:
     preset: str = "tiny"
     seed: int = 0
     image_size: int | None = None
-    vae_steps: int = 600
+    vae_steps: int = 400
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4          # per latent element, relative to per-pixel MSE
-    unet_steps: int = 1500
-    unet_batch: int = 64
+    unet_steps: int = 1200
+    unet_batch: int = 48
     unet_lr: float = 1e-3
     warmup_steps: int = 100
     cfg_dropout: float = 0.1         # probability of training on the empty caption
