@@ -34,11 +34,16 @@ setup(
         "matplotlib",
         "scipy",
         "accelerate",
+        "pydicom>=3.0",  # DICOM import (engine/importers/dicom.py)
+        "peft>=0.17",  # DreamBooth LoRA adapters (diffusers' LoRA loaders use it)
+        "deepspeed>=0.14",
+        "tensorboard",
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu both own the `onnxruntime` module: pick exactly one extra.
-        "cpu": ["onnx", "onnxruntime"],
-        "gpu": ["onnx", "onnxruntime-gpu", "tensorrt", "xformers"],
+        # onnxscript: torch's dynamo ONNX exporter; onnxslim: graph simplification after export.
+        "cpu": ["onnx", "onnxscript", "onnxslim", "onnxruntime"],
+        "gpu": ["onnx", "onnxscript", "onnxslim", "onnxruntime-gpu", "tensorrt", "xformers"],
         "dev": ["pytest", "pytest-benchmark"],
     },
     entry_points={"console_scripts": ["medfake=medfake.pipelines.cli:main"]},

@@ -64,11 +64,23 @@ def create_clip(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = N
     return model, preprocess_train, preprocess_eval, tokenizer
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load a state-dict file into ``model`` with ``strict=True`` (raises on any mismatch)."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
+TRUST_PICKLE_ENV = "MEDFAKE_TRUST_PICKLE"
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike,
+                 trust_pickle: bool | None = None) -> None:
+    """Load a state-dict file into ``model`` with ``strict=True`` (raises on any mismatch).
+
+    ``.safetensors`` loads without executing code. A pickled file (``.pt``/``.pth``/``.bin``,
+    e.g. a ``model.pt`` from medfake's older runs) raises ``UnsafeWeightsError`` unless
+    ``trust_pickle`` (None: true iff ``$MEDFAKE_TRUST_PICKLE`` is ``1``, which the CLI's
+    ``--trust-pickle`` sets), and is then read with ``torch.load(weights_only=True)``.
+    """
+    from .safe_load import load_weights_file
+
+    if trust_pickle is None:
+        trust_pickle = os.environ.get(TRUST_PICKLE_ENV) == "1"
+    sd = load_weights_file(path, trust_pickle=trust_pickle)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True)
     log.info("loaded CLIP weights from %s", path)

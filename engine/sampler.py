@@ -1,7 +1,8 @@
 """The denoising loop, written once over a small backend interface.
 
-A backend runs the three networks on tensors (``encode_text``, ``unet``, ``vae_decode``);
-``TorchBackend`` is PyTorch eager, and exported engines plug in behind the same methods.
+A backend runs the networks on tensors (``encode_text``, ``unet``, ``vae_decode``, and
+``vae_encode`` for image-conditioned modes); ``engine.backends`` implements it for PyTorch eager,
+ONNX Runtime and TensorRT, and ``engine.backends.load_model`` loads a model onto any of them.
 Schedulers are diffusers schedulers chosen by name and built with ``from_config`` from the
 model's own scheduler config. Classifier-free guidance runs uncond+cond in one UNet batch.
 
@@ -20,7 +21,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler,
                        UniPCMultistepScheduler)
 
-from .sd_model import SDComponents
+from .backends.torch_backend import TorchBackend  # noqa: F401  (re-exported)
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -50,32 +51,9 @@ class DiffusionBackend(Protocol):
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor: ...
     def unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor: ...   # -> mean|logvar (2C ch)
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor: ...
-
-
-class TorchBackend:
-    """PyTorch eager execution of a loaded diffusers SD model."""
-
-    def __init__(self, comps: SDComponents):
-        self.comps = comps
-        self.device = comps.unet.device
-        self.latent_channels = comps.vae.config.latent_channels
-        self.vae_scale_factor = 2 ** (len(comps.vae.config.block_out_channels) - 1)
-        self.scaling_factor = float(comps.vae.config.scaling_factor)
-        for m in (comps.unet, comps.vae, comps.text_encoder):
-            m.eval()
-
-    @torch.inference_mode()
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.comps.text_encoder(input_ids.to(self.device))[0]
-
-    @torch.inference_mode()
-    def unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.comps.unet(latents, t, encoder_hidden_states=text).sample
-
-    @torch.inference_mode()
-    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.comps.vae.decode(latents).sample
+    # optional: unet_in_channels (int): 2 * latent_channels + 1 for an inpainting UNet
 
 
 @dataclass
@@ -121,8 +99,9 @@ class Sampler:
                             for s in seeds]).to(self.backend.device)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
-        """Return uint8 images (N, H, W, 3) for ``prompts`` with one seed each."""
+    def generate(self, prompts: list[str], seeds: list[int], output: str = "uint8") -> np.ndarray:
+        """Images (N, H, W, 3) for ``prompts`` with one seed each: uint8, or with
+        ``output="float"`` float32 in [0, 1] before quantisation (for backend comparisons)."""
         if len(prompts) != len(seeds):
             raise ValueError("need exactly one seed per prompt")
         n, g = len(prompts), self.cfg.guidance_scale
@@ -143,8 +122,92 @@ class Sampler:
             latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
                                  ).prev_sample
         images = self.backend.vae_decode(latents / self.backend.scaling_factor)
+        if output == "float":
+            return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
         images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
+
+    # ------------------------------------------------------------------ image-conditioned
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents of images in [-1, 1] (N, 3, H, W): the mean of the latent
+        distribution (deterministic; diffusers samples it) times the scaling factor."""
+        moments = self.backend.vae_encode(images.to(self.backend.device))
+        return moments[:, :self.backend.latent_channels] * self.backend.scaling_factor
+
+    @torch.inference_mode()
+    def generate_conditioned(self, prompts: list[str], seeds: list[int], images: np.ndarray,
+                             masks: np.ndarray, output: str = "uint8",
+                             keep_known: bool = True) -> np.ndarray:
+        """Inpaint/outpaint: regenerate where ``masks`` >= 0.5 and keep ``images`` elsewhere.
+
+        ``images``: uint8 (N, H, W, 3) or (N, H, W) at the sampler's size; ``masks``: (N, H, W)
+        with 1 = generate (binarised at 0.5). The UNet decides the method, as in diffusers'
+        ``StableDiffusionInpaintPipeline`` at strength 1:
+
+        - 9-channel inpainting UNet: its input is the latents, the mask downsampled to latent
+          size (nearest) and the latents of the masked image (``image * (mask < 0.5)``);
+        - plain UNet (``latent_channels`` inputs): after every step the known region of the
+          latents is replaced by the image's latents noised to the next timestep with the
+          sample's own initial noise (exact image latents after the last step).
+
+        With ``keep_known`` the decoded pixels outside the mask are replaced by the original
+        ones (the VAE round trip of a real image is not exact). Same determinism contract as
+        ``generate``; returns what ``generate`` returns for ``output``.
+        """
+        n, g = len(prompts), self.cfg.guidance_scale
+        if not n == len(seeds) == len(images) == len(masks):
+            raise ValueError("need exactly one seed, image and mask per prompt")
+        h, w = self.cfg.height, self.cfg.width
+        if images.shape[1:3] != (h, w) or masks.shape[1:] != (h, w):
+            raise ValueError(f"images {images.shape} and masks {masks.shape} must be "
+                             f"{h}x{w}, the sampler's size")
+        b, c, f = self.backend, self.backend.latent_channels, self.backend.vae_scale_factor
+        in_ch = int(getattr(b, "unet_in_channels", c))
+        if in_ch not in (c, 2 * c + 1):
+            raise ValueError(f"the UNet takes {in_ch} input channels; image-conditioned "
+                             f"sampling needs {c} (plain) or {2 * c + 1} (inpainting)")
+        x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1)
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        m = torch.from_numpy((np.asarray(masks) >= 0.5).astype(np.float32)).unsqueeze(1)
+        m_lat = torch.nn.functional.interpolate(m, size=(h // f, w // f)).to(b.device)
+        text = self._embed(prompts)
+        if g != 1.0:
+            text = torch.cat([self._uncond(n), text])
+        sched = self.scheduler
+        sched.set_timesteps(self.cfg.steps, device=b.device)
+        noise = self.initial_latents(seeds)
+        latents = noise * sched.init_noise_sigma
+        if in_ch == c:
+            known, extra = self.encode_images(x), None
+        else:
+            extra = torch.cat([m_lat, self.encode_images(x * (m < 0.5))], dim=1)
+            extra = torch.cat([extra] * 2) if g != 1.0 else extra
+        gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+        timesteps = sched.timesteps
+        for i, t in enumerate(timesteps):
+            xin = torch.cat([latents] * 2) if g != 1.0 else latents
+            xin = sched.scale_model_input(xin, t)
+            if extra is not None:
+                xin = torch.cat([xin, extra], dim=1)
+            eps = b.unet(xin, t, text)
+            if g != 1.0:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + g * (eps_c - eps_u)
+            latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
+                                 ).prev_sample
+            if extra is None:
+                proper = known
+                if i < len(timesteps) - 1:
+                    proper = sched.add_noise(known, noise, timesteps[i + 1:i + 2])
+                latents = (1 - m_lat) * proper + m_lat * latents
+        out = b.vae_decode(latents / b.scaling_factor).clamp(-1, 1).float().cpu()
+        if keep_known:
+            out = m * out + (1 - m) * x
+        if output == "float":
+            return ((out + 1) / 2).permute(0, 2, 3, 1).numpy()
+        return ((out + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _stochastic(sched) -> bool:

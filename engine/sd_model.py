@@ -147,15 +147,33 @@ def init_model(preset: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return save_components(build_components(preset, seed), out_dir)
 
 
-def _weights_variant(folder: Path) -> str | None:
-    """None if plain weights exist, the variant name (e.g. 'fp16') if only a variant does."""
+TRUST_PICKLE_ENV = "MEDFAKE_TRUST_PICKLE"
+
+
+def _weights_choice(folder: Path, trust_pickle: bool) -> tuple[str | None, bool]:
+    """``(variant, use_safetensors)`` for a component folder.
+
+    Safetensors are used whenever present. A folder with only pickled ``.bin`` weights raises
+    ``UnsafeWeightsError`` unless ``trust_pickle``; variant is None if plain weights exist,
+    else the variant name (e.g. 'fp16').
+    """
+    from .safe_load import UnsafeWeightsError
+
     files = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
     if not files:
         raise ModelDirError(f"{folder} holds no weights (*.safetensors or *.bin). Copy the "
                             f"complete model, e.g. `huggingface-cli download` on a connected "
                             f"machine, or re-create it with `medfake.engine.sd_model.init_model`.")
-    plain = [f for f in files if f.count(".") == 1]
-    return None if plain else files[0].split(".")[-2]
+    safe = [f for f in files if f.endswith(".safetensors")]
+    if not safe and not trust_pickle:
+        raise UnsafeWeightsError(
+            f"{folder} holds only pickled weights ({', '.join(sorted(files))}), which can run "
+            f"arbitrary code when loaded. Convert the model to safetensors (load it once in a "
+            f"sandbox and `save_pretrained(dir, safe_serialization=True)`), or pass "
+            f"--trust-pickle if you trust its source (then read with torch.load(weights_only=True)).")
+    chosen = safe or files
+    plain = [f for f in chosen if f.count(".") == 1]
+    return (None if plain else chosen[0].split(".")[-2]), bool(safe)
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
@@ -179,23 +197,32 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
 
 
 def load_components(model_dir: str | os.PathLike, device: str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> SDComponents:
+                    dtype: torch.dtype = torch.float32,
+                    trust_pickle: bool | None = None) -> SDComponents:
     """Load the parts of any local diffusers SD 1.x/2.x dir offline; ModelDirError if malformed.
 
-    The text encoder is returned in eval mode; the scheduler is the class named in its config.
+    Weights load from safetensors; a component with only pickled ``.bin`` weights raises
+    ``UnsafeWeightsError`` unless ``trust_pickle`` (None: true iff ``$MEDFAKE_TRUST_PICKLE`` is
+    ``1``, which the CLI's ``--trust-pickle`` sets). The text encoder is returned in eval mode;
+    the scheduler is the class named in its config.
     """
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     d = check_model_dir(model_dir)
+    if trust_pickle is None:
+        trust_pickle = os.environ.get(TRUST_PICKLE_ENV) == "1"
     kw = dict(local_files_only=True, torch_dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet",
-                                                variant=_weights_variant(d / "unet"), **kw)
-    vae = AutoencoderKL.from_pretrained(d, subfolder="vae", variant=_weights_variant(d / "vae"), **kw)
-    te_variant = _weights_variant(d / "text_encoder")
+    variant, safe = _weights_choice(d / "unet", trust_pickle)
+    unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", variant=variant,
+                                                use_safetensors=safe, **kw)
+    variant, safe = _weights_choice(d / "vae", trust_pickle)
+    vae = AutoencoderKL.from_pretrained(d, subfolder="vae", variant=variant, use_safetensors=safe,
+                                        **kw)
+    variant, safe = _weights_choice(d / "text_encoder", trust_pickle)
     text_encoder = CLIPTextModel.from_pretrained(d / "text_encoder", local_files_only=True,
-                                                 dtype=dtype, variant=te_variant)
+                                                 dtype=dtype, variant=variant, use_safetensors=safe)
     tokenizer = CLIPTokenizer.from_pretrained(d / "tokenizer", local_files_only=True)
     sched_cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
     scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)

@@ -46,6 +46,7 @@ class RunConfig:
     synth_steps: int = 20
     guidance_scale: float = 4.0
     scheduler: str = "dpm++"
+    synth_backend: str = "auto"      # fastest runnable: ONNX Runtime on a CPU machine
     k_shot: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
     cnn_steps: int = 200
@@ -110,7 +111,8 @@ def run_chain(cfg: RunConfig) -> Path:
                                        out_dir=str(run_dir / "synthetic"),
                                        per_class=cfg.synth_per_class, seed=0,
                                        scheduler=cfg.scheduler, steps=cfg.synth_steps,
-                                       guidance_scale=cfg.guidance_scale))
+                                       guidance_scale=cfg.guidance_scale,
+                                       backend=cfg.synth_backend))
     stage("synthesis", t)
 
     t = time.time()
@@ -121,9 +123,10 @@ def run_chain(cfg: RunConfig) -> Path:
     t = time.time()
     info = DatasetInfo.load(hospital)
     names = info.class_names
-    train_pool, test = load_split(hospital, "train"), load_split(hospital, "test")
-    synth = load_split(synth_dir, "train")
-    public_arr = load_split(public, "train")
+    train_pool = load_split(hospital, "train", skip_bad=True)
+    test = load_split(hospital, "test", skip_bad=True)
+    synth = load_split(synth_dir, "train", skip_bad=True)
+    public_arr = load_split(public, "train", skip_bad=True)
     rows: list[dict] = []
     for seed in cfg.seeds:
         real_k = kshot_subset(train_pool, cfg.k_shot, seed)

@@ -1,123 +1,356 @@
-"""`medfake synth`: text-to-image synthesis into dataset shards, resumable shard by shard.
+"""`medfake synth`: mass synthesis into dataset shards, exactly once, on any number of ranks.
 
-The job is planned up front as a fixed list of samples (key, class, prompt) cut into shards of a
-fixed size; the plan is stored in ``synth_plan.json``. Each sample's seed derives from
-(job seed, key), so a re-run of the same command writes only the missing shards and produces the
-same images. Running with different parameters on an existing output directory is refused.
+The job (``SynthConfig``) is planned up front (``engine.synth_plan``): a fixed list of shards of
+fixed size, each sample's key, prompt and seed (``derive_seed(job seed, key)``), stored in
+``synth_plan.json``. Each rank (``--rank/--world-size``, torchrun, srun or a SLURM array) takes
+its static share of the shards, skips the finished ones and writes the rest; a shard becomes
+visible only complete (temporary file, fsync, rename, manifest), so kills and re-runs never lose
+or duplicate a sample. The backend computes on this thread while ``engine.shard_pool`` encodes
+and writes in the background; the fraction of wall time the backend is busy is measured and
+logged with a summary line. The rank that finds every shard done writes ``dataset.json``
+(``medfake synth status OUT --finalize`` does the same). Modes (``engine.synth_modes``):
+txt2img, inpaint, outpaint, inpaint-outpaint; optional curation (``engine.curation``).
+Parameters that change images are the job's identity: another job on the same output directory
+is refused, ``extend=True`` adds samples with the same parameters as new shards.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from ..engine.dataset import (DatasetInfo, Sample, finalize_dataset, list_shards, shard_name,
-                              write_shard)
-from ..engine.sampler import Sampler, SamplerConfig, TorchBackend
-from ..engine.sd_model import load_components, model_hash
-from ..engine.seeding import derive_seed
+from ..engine.backends import BACKENDS, load_model, resolve_backend
+from ..engine.capabilities import CapabilityError
+from ..engine.curation import CurationConfig, build_curator
+from ..engine.dataset import IMAGE_EXTS, DatasetInfo, Sample, shard_name
+from ..engine.inpainting import MaskSpec, OutpaintSpec
+from ..engine.sd_model import model_hash
+from ..engine.shard_pool import PoolStats, ShardPool
+from ..engine.synth_files import stray_temporaries
+from ..engine.synth_modes import BatchGenerator, ModeConfig
+from ..engine.synth_plan import (PlanMismatchError, RankInfo, SynthPlan, claim_plan_file,
+                                 open_plan, resolve_rank, sample_key, sample_seed)
+from ..engine.synth_sources import RealIndex, split_fingerprint
+from ..engine.synth_status import JobStatus, finalize, job_status, remove_corrupt, shard_state
 
 log = logging.getLogger(__name__)
+__all__ = ["SynthConfig", "SynthResult", "synthesize", "run_job", "synth_status",
+           "PlanMismatchError", "plan_samples", "model_prompts"]
+
+PROMPTS_FILE = "medfake_prompts.json"  # model-dir prompt templates (written by DreamBooth)
+DEFAULT_PER_REAL = 10                  # the ratio where the skin study's gains saturate
 
 
-class PlanMismatchError(ValueError):
-    """The output directory holds a job planned with other parameters."""
+def model_prompts(model_dir: str) -> dict:
+    """The model dir's ``medfake_prompts.json`` (tokens, per-class templates), or {}."""
+    path = Path(model_dir) / PROMPTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @dataclass
 class SynthConfig:
-    """A text-to-image job. ``real_dataset`` supplies class names and prompt templates."""
+    """A synthesis job. ``real_dataset`` supplies class names, prompt templates and (for the
+    conditioned modes, ``per_real`` and the memorization guard) the real training images.
+    Give ``per_class`` or ``per_real`` (neither: ``per_real=10``). Fields after
+    ``batch_size`` do not change images and may differ between runs and ranks."""
 
     model_dir: str
     real_dataset: str
     out_dir: str
-    per_class: int = 100
+    mode: str = "txt2img"
+    per_class: int | None = None
+    per_real: int | None = None
     seed: int = 0
     scheduler: str = "dpm++"
     steps: int = 20
     guidance_scale: float = 4.0
     negative_prompt: str = ""
-    image_size: int = 0          # 0: the real dataset's image size
-    batch_size: int = 16
+    image_size: int = 0            # 0: the real dataset's image size
+    image_format: str = "png"      # png | webp | jpg
+    quality: int | None = None     # jpg quality (default 95); webp: lossless unless < 100
     samples_per_shard: int = 256
     backend: str = "torch"
+    mask: str = "lesion"           # lesion | random (inpainting masks)
+    mask_shape: str = "any"        # box | ellipse | any
+    mask_scale: tuple[float, float] = (0.3, 0.6)
+    outpaint_scale: tuple[float, float] = (0.5, 0.75)
+    outpaint_placement: str = "random"
+    paste_back: bool = True
+    clip_filter: str | None = None           # CLIP weights: enables the CLIP-score filter
+    clip_model: str | None = None
+    clip_threshold: float = 0.0
+    memorization: str | None = None          # pixel | clip: enables the memorization guard
+    memorization_threshold: float = 0.05
+    batch_size: int = 16
+    extend: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    workers: int = 2               # encoder threads of the shard pool
+    max_pending: int = 4           # batches waiting in the pool before the backend waits
+    threads: int | None = None     # backend threads (ORT intra-op / torch); None: default
+
+    def mode_config(self) -> ModeConfig:
+        return ModeConfig(self.mode, MaskSpec(self.mask, self.mask_shape, tuple(self.mask_scale)),
+                          OutpaintSpec(tuple(self.outpaint_scale), self.outpaint_placement),
+                          self.paste_back)
+
+    def curation(self) -> CurationConfig:
+        return CurationConfig(self.clip_filter, self.clip_model, self.clip_threshold,
+                              self.memorization, self.memorization_threshold)
 
 
-def plan_samples(cfg: SynthConfig, class_names: list[str],
-                 templates: dict[str, list[str]]) -> list[dict]:
-    """The fixed, ordered list of samples the job must produce."""
+@dataclass
+class SynthResult:
+    """What one rank did. ``backend_busy``: fraction of the generation wall time spent inside
+    the backend; ``complete``: every shard of the job (all ranks) is done and dataset.json
+    written."""
+
+    out: Path
+    rank: RankInfo
+    planned_shards: int
+    shards_todo: int
+    pool: PoolStats
+    seconds: float = 0.0
+    backend_seconds: float = 0.0
+    load_seconds: float = 0.0
+    complete: bool = False
+
+    @property
+    def backend_busy(self) -> float:
+        return self.backend_seconds / self.seconds if self.seconds else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.pool.images / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        r, p = self.rank, self.pool
+        return (f"synth rank {r.rank}/{r.world_size}: {p.shards} shard(s), {p.images} images"
+                + (f" ({p.dropped} dropped by curation)" if p.dropped else "")
+                + f" in {self.seconds:.1f} s = {self.images_per_second:.2f} img/s; backend busy "
+                f"{100 * self.backend_busy:.1f}% of wall time (model load {self.load_seconds:.1f}"
+                f" s excluded); waited on the writer {p.stall_s:.2f} s; encode {p.encode_s:.1f} s,"
+                f" write {p.write_s:.1f} s in the background; job "
+                + ("complete" if self.complete else "not complete yet (other ranks)"))
+
+
+# ----------------------------------------------------------------------------- planning
+
+def plan_samples(cfg, class_names: list[str], templates: dict[str, list[str]]) -> list[dict]:
+    """The ordered samples of a ``per_class`` job as dicts (key, cls, prompt, seed), with the
+    same keys and seeds as ``medfake synth`` (used by the GAN and classic generators)."""
     plan = []
     for i in range(cfg.per_class):  # classes interleaved: every shard holds a class mix
         for cls, name in enumerate(class_names):
             prompts = templates.get(name) or [f"a medical image of {name}"]
-            key = f"syn_{name}_{i:06d}"
+            key = sample_key(name, i)
             plan.append({"key": key, "cls": cls, "prompt": prompts[i % len(prompts)],
-                         "seed": derive_seed(cfg.seed, key) % (1 << 62)})
+                         "seed": sample_seed(cfg.seed, key)})
     return plan
 
 
 def _check_plan(out: Path, job: dict) -> None:
-    path = out / "synth_plan.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != job:
-            diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
-            raise PlanMismatchError(
-                f"{out} already holds a synthesis job with different parameters ({', '.join(diff)})."
-                f" Use a new --out directory, or re-run with the original parameters to resume.")
+    """Store or check a generator's job in ``out/synth_plan.json`` (see ``claim_plan_file``)."""
+    claim_plan_file(Path(out), job)
+
+
+def _source_hash(model_dir: str) -> str:
+    """Hash of the diffusers weights behind ``model_dir`` (also for export/engine dirs)."""
+    from ..export.manifest import MANIFEST_NAME, ExportManifest
+    if (Path(model_dir) / MANIFEST_NAME).is_file():
+        return ExportManifest.load(model_dir).source_hash
+    return model_hash(model_dir)
+
+
+def _prompt_templates(cfg: SynthConfig, real: DatasetInfo
+                      ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Per-class templates and DreamBooth identifier tokens. A model dir's
+    ``medfake_prompts.json`` overrides the dataset's templates; a ``{token}`` placeholder in
+    any template is replaced by the class's token (removed when the model has none)."""
+    learned = model_prompts(cfg.model_dir)
+    templates = learned.get("prompt_templates") or real.prompt_templates
+    tokens = learned.get("tokens") or {}
+    filled = {c: [" ".join(t.replace("{token}", tokens.get(c, "")).split()) for t in ts]
+              for c, ts in templates.items()}
+    return filled, tokens
+
+
+def _class_counts(cfg: SynthConfig, real: DatasetInfo) -> tuple[tuple[int, ...], dict[str, int]]:
+    if cfg.per_class is not None and cfg.per_real is not None:
+        raise ValueError("give --per-class N or --per-real K, not both")
+    if cfg.per_class is not None:
+        if cfg.per_class < 0:
+            raise ValueError("--per-class must be >= 0")
+        return (cfg.per_class,) * len(real.class_names), {"per_class": cfg.per_class}
+    k = DEFAULT_PER_REAL if cfg.per_real is None else cfg.per_real
+    if k < 0:
+        raise ValueError("--per-real must be >= 0")
+    if "train" not in real.splits:
+        raise ValueError(f"--per-real needs the real dataset's train split; {real.root} has "
+                         f"{sorted(real.splits)}")
+    have = real.splits["train"]["per_class"]
+    return tuple(k * int(have.get(c, 0)) for c in real.class_names), {"per_real": k}
+
+
+def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig,
+                quantity: dict[str, int], templates: dict, tokens: dict, mhash: str,
+                curation: CurationConfig) -> dict[str, Any]:
+    """Everything that changes the job's images: its identity in ``synth_plan.json``."""
+    if cfg.image_format not in IMAGE_EXTS:
+        raise ValueError(f"--format {cfg.image_format!r}: choose one of {', '.join(IMAGE_EXTS)}")
+    if cfg.samples_per_shard < 1 or cfg.batch_size < 1 or cfg.steps < 1:
+        raise ValueError("--samples-per-shard, --batch-size and --steps must be >= 1")
+    from ..engine.sampler import SCHEDULERS   # checked before anything is written
+    if cfg.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+    uses_real = mode.conditioned or "per_real" in quantity or curation.memorization
+    return {"generator": "diffusion", **mode.identity(), **quantity, "seed": cfg.seed,
+            "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+            "negative_prompt": cfg.negative_prompt, "image_size": size, "channels": real.channels,
+            "image_format": cfg.image_format, "quality": cfg.quality,
+            "samples_per_shard": cfg.samples_per_shard, "backend": cfg.backend,
+            "model_hash": mhash, "class_names": list(real.class_names),
+            "prompt_templates": templates, "class_prompt_templates": real.prompt_templates,
+            **({"identifier_tokens": tokens} if tokens else {}),
+            **({"real_train_sha256": split_fingerprint(real)} if uses_real else {}),
+            **curation.identity()}
+
+
+# ----------------------------------------------------------------------------- running
+
+def _load_sampler(cfg: SynthConfig, size: int):
+    """Load the model on the backend; exports into the shared cache are serialised between
+    the ranks of one host (a file lock), so they never race on the same export."""
+    from filelock import FileLock
+
+    from ..engine.paths import cache_dir
+    from ..engine.sampler import SamplerConfig   # imports diffusers: only when generating
+    opts: dict[str, Any] = {}
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+        opts = {"threads": cfg.threads} if cfg.backend == "onnx" else {}
+    if cfg.backend == "torch":
+        model = load_model(cfg.model_dir, "torch")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(job, indent=1) + "\n")
+        with FileLock(str(cache_dir("locks") / "export.lock")):
+            model = load_model(cfg.model_dir, cfg.backend, **opts)
+    return model.sampler(SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale,
+                                       cfg.negative_prompt, size, size))
+
+
+def _remove_own_temporaries(out: Path, shards: list[int]) -> None:
+    """Temporary files of this rank's shards are leftovers of a killed run of this rank."""
+    mine = {shard_name("train", i) for i in shards}
+    mine |= {n.replace(".tar", ".json") for n in mine}
+    for p in stray_temporaries(out):
+        if p.name[1:].split(".tmp-")[0] in mine:
+            log.info("removing %s, left by an interrupted run", p.name)
+            p.unlink(missing_ok=True)
+
+
+def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
+    """Run (or resume) this rank's share of the job; see the module doc. ``sampler``: an
+    ``engine.sampler.Sampler`` already loaded from ``cfg.model_dir`` on ``cfg.backend`` with the
+    job's settings (to run several jobs on one loaded model); None loads it."""
+    from dataclasses import replace
+    cfg = replace(cfg, backend=resolve_backend(cfg.backend))
+    why = BACKENDS[cfg.backend].unavailable()
+    if why:   # before the plan is stored with this backend
+        raise CapabilityError(f"backend {cfg.backend!r} cannot run here: {why}. Use --backend "
+                              f"onnx or torch, or see `medfake doctor`.")
+    rank = resolve_rank(cfg.rank, cfg.world_size)
+    real = DatasetInfo.load(cfg.real_dataset)
+    size = cfg.image_size or real.image_size
+    mode, curation = cfg.mode_config(), cfg.curation()
+    curation.validate()
+    templates, tokens = _prompt_templates(cfg, real)
+    counts, quantity = _class_counts(cfg, real)
+    params = _job_params(cfg, real, size, mode, quantity, templates, tokens,
+                         _source_hash(cfg.model_dir), curation)
+    out = Path(cfg.out_dir)
+    plan = open_plan(out, params, counts, cfg.extend)
+    mine = plan.rank_shards(rank.rank, rank.world_size)
+    _remove_own_temporaries(out, mine)
+    todo = [i for i in mine if shard_state(out, plan, i).state != "done"]
+    log.info("synthesis (%s): %d samples in %d shards; rank %d/%d (%s) owns %d, %d to do",
+             mode.mode, plan.n_samples, plan.n_shards, rank.rank, rank.world_size, rank.source,
+             len(mine), len(todo))
+    result = SynthResult(out, rank, plan.n_shards, len(todo), PoolStats())
+    if todo:
+        _generate(cfg, plan, todo, real, size, mode, curation, tokens, result, sampler)
+    result.complete = finalize(out, plan)
+    if todo:
+        log.info(result.summary())
+    if not result.complete:
+        log.info("other ranks' shards are not all done yet; dataset.json will be written by "
+                 "the last rank to finish (or `medfake synth status %s --finalize`)", out)
+    return result
+
+
+def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetInfo, size: int,
+              mode: ModeConfig, curation: CurationConfig, tokens: dict[str, str],
+              result: SynthResult, sampler=None) -> None:
+    t = time.perf_counter()
+    index = RealIndex(cfg.real_dataset) if mode.conditioned or curation.memorization else None
+    sampler = sampler or _load_sampler(cfg, size)
+    curator = build_curator(curation, real.class_names, real.prompt_templates, index)
+    gen = BatchGenerator(sampler, mode, size, cfg.seed, index)
+    result.load_seconds = time.perf_counter() - t
+    base = {"source": "synthetic", "generator": "diffusion", "model_hash": plan.params["model_hash"],
+            "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
+            "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "backend": cfg.backend,
+            "split": "train", "mode": mode.mode}
+    r = result.rank
+    bar = tqdm(total=sum(plan.shard_size(i) for i in todo), unit="img", smoothing=0.1,
+               desc=f"synth {r.rank}/{r.world_size}")
+    t = time.perf_counter()
+    with ShardPool(cfg.out_dir, "train", real.class_names, cfg.image_format, cfg.quality,
+                   cfg.workers, cfg.max_pending, curator) as pool:
+        for i in todo:
+            planned = plan.shard_samples(i)
+            for b in range(0, len(planned), cfg.batch_size):
+                batch = planned[b:b + cfg.batch_size]
+                images, provenance = gen(batch)
+                samples = []
+                for p, img, prov in zip(batch, images, provenance):
+                    if real.channels == 1:
+                        img = img.astype(np.float32).mean(-1).round().astype(np.uint8)
+                    name = real.class_names[p.cls]
+                    meta = {**base, "prompt": p.prompt, "seed": p.seed, "class_name": name,
+                            **prov}
+                    if tokens:
+                        meta["identifier_token"] = tokens.get(name)
+                    samples.append(Sample(p.key, img, p.cls, p.prompt, meta))
+                pool.submit(i, samples, last=b + cfg.batch_size >= len(planned))
+                bar.update(len(batch))
+    result.seconds = time.perf_counter() - t
+    result.backend_seconds = gen.backend_s
+    result.pool = pool.stats
+    bar.close()
 
 
 def synthesize(cfg: SynthConfig) -> Path:
-    """Run (or resume) the job; return the output dataset directory."""
-    if cfg.backend != "torch":
-        raise ValueError(f"backend {cfg.backend!r} is not available in this build; use 'torch'")
-    real = DatasetInfo.load(cfg.real_dataset)
-    size = cfg.image_size or real.image_size
-    out = Path(cfg.out_dir)
-    mhash = model_hash(cfg.model_dir)
-    job = {**asdict(cfg), "image_size": size, "model_hash": mhash}
-    for k in ("out_dir", "real_dataset", "model_dir", "batch_size"):  # do not change the images
-        job.pop(k)
-    _check_plan(out, job)
+    """Run (or resume) the job (this rank's share); return the output dataset directory."""
+    return run_job(cfg).out
 
-    plan = plan_samples(cfg, real.class_names, real.prompt_templates)
-    shards = [plan[i:i + cfg.samples_per_shard] for i in range(0, len(plan), cfg.samples_per_shard)]
-    done = {s.name for s in list_shards(out, "train")}
-    todo = [i for i in range(len(shards)) if shard_name("train", i) not in done]
-    log.info("synthesis: %d samples in %d shards, %d to do", len(plan), len(shards), len(todo))
 
-    if todo:
-        comps = load_components(cfg.model_dir)
-        sampler = Sampler(TorchBackend(comps), comps.tokenizer, comps.scheduler.config,
-                          SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale,
-                                        cfg.negative_prompt, size, size))
-        pbar = tqdm(total=sum(len(shards[i]) for i in todo), desc="synth", unit="img")
-        for i in todo:
-            samples = []
-            for b in range(0, len(shards[i]), cfg.batch_size):
-                batch = shards[i][b:b + cfg.batch_size]
-                images = sampler.generate([p["prompt"] for p in batch], [p["seed"] for p in batch])
-                for p, img in zip(batch, images):
-                    if real.channels == 1:
-                        img = img.astype(np.float32).mean(-1).round().astype(np.uint8)
-                    meta = {"source": "synthetic", "generator": "diffusion", "model_hash": mhash,
-                            "prompt": p["prompt"], "negative_prompt": cfg.negative_prompt,
-                            "seed": p["seed"], "scheduler": cfg.scheduler, "steps": cfg.steps,
-                            "guidance_scale": cfg.guidance_scale, "backend": cfg.backend,
-                            "class_name": real.class_names[p["cls"]], "split": "train"}
-                    samples.append(Sample(p["key"], img, p["cls"], p["prompt"], meta))
-                pbar.update(len(batch))
-            write_shard(out, "train", i, samples, real.class_names)
-        pbar.close()
-    finalize_dataset(out, real.class_names, real.prompt_templates,
-                     {"generator": "diffusion", "job": job, "torch": torch.__version__},
-                     size, real.channels)
-    return out
+def synth_status(out: str, verify: bool = True, finalize_job: bool = False,
+                 remove_corrupt_shards: bool = False) -> JobStatus:
+    """``medfake synth status``: the job's state; optionally delete corrupt shards (the job
+    rewrites them) or write ``dataset.json`` when every shard is done."""
+    st = job_status(out, verify)
+    if remove_corrupt_shards and st.by_state("corrupt"):
+        removed = remove_corrupt(st)
+        log.info("removed %d corrupt shard(s): %s", len(removed), ", ".join(removed))
+        st = job_status(out, verify)
+    if finalize_job and st.complete and not st.by_state("corrupt"):
+        finalize(out, st.plan)
+        st = job_status(out, verify)
+    return st

@@ -1,67 +1,108 @@
-"""CLIP jobs: contrastive pretraining on captioned shards, few-shot fine-tuning, evaluation.
+"""CLIP jobs: contrastive pretraining on streamed shards, few-shot fine-tuning, evaluation.
 
-Single process, CPU. The optimisation step (``clip_train_step``) is a separate function taking
-the model, loss and optimiser, so a DeepSpeed engine can replace it later without touching the
-data or checkpoint code.
+One command from this 2-core box to GPU nodes: without a launcher, a single process trains
+with plain PyTorch (``TorchEngine``); with ``--deepspeed``/``--zero``/``--ds-config``, or when
+started by ``torchrun``, ``deepspeed`` or ``srun``, every rank trains through DeepSpeed ZeRO
+(gloo on CPU, NCCL on GPU) and the contrastive loss gathers features across ranks with
+gradients (open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)``).
 
 Pretraining output directory (``pretrain_clip``)::
 
-    clip_config.json   {"model": name, "config": ClipTrainConfig, "step": n}
-    checkpoint.pt      resume state: model, optimiser, scheduler, step, RNG (atomic rewrite)
-    model.pt           final plain state dict; loads into open_clip.create_model(name) strictly
+    clip_config.json       model name, settings, launch shape, finished flag
+    checkpoints/latest     name of the last complete checkpoint
+    checkpoints/stepNNNNNNNN/
+        torch_state.pt | DeepSpeed files (mp_rank_*_model_states.pt, *optim_states.pt)
+        medfake_rank{r}.pt data position and RNG states of rank r
+    model.safetensors      final fp32 weights; loads into open_clip.create_model(name) strictly
+    train_log.jsonl        loss, lr, samples/s (total, per rank), data-stall fraction
+    tensorboard/           the same scalars for TensorBoard
+
+A checkpoint is written every ``checkpoint_every`` steps; running the same command again after
+a kill resumes from ``latest`` exactly (weights, optimizer, schedule, data position, RNG), so
+the result equals an uninterrupted run. Resuming needs the same launch shape (ranks, workers,
+batch) and training settings; anything else is refused with the differing keys named.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import open_clip
 import torch
-import webdataset as wds
-from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
-from ..engine.classifiers import augmentation
-from ..engine.clip_model import create_clip, images_to_tensor
+from ..engine import distributed as D
+from ..engine.clip_classify import (ClipClassifier, ZeroShotClassifier, class_prompts,
+                                    evaluate_classifier, predict_proba, zero_shot_weights)
+from ..engine.clip_data import (AUGMENTS, ArrayBatches, StreamConfig, StreamPosition,
+                                load_sources, steps_per_epoch, stream_loader)
+from ..engine.clip_engine import (CheckpointDir, EngineConfig, build_engine,
+                                  clip_logits_scale, cosine_with_warmup, param_groups,
+                                  to_stock_state_dict)
+from ..engine.clip_loop import resume_checkpoint, train_loop
+from ..engine.clip_model import create_clip, image_stats
 from ..engine.dataset import DatasetInfo, SplitArrays
-from ..engine.metrics import bootstrap_ci, classification_metrics
+from ..engine.safe_load import save_weights
 from ..engine.seeding import derive_seed, seed_everything
+from ..engine.train_telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME, CKPT_NAME, MODEL_NAME = "clip_config.json", "checkpoint.pt", "model.pt"
+__all__ = ["ClipTrainConfig", "get_profile", "pretrain_clip", "finetune_classifier",
+           "evaluate_classifier", "zero_shot_eval", "kshot_subset", "fewshot_runs",
+           "fewshot_summary", "ClipClassifier", "zero_shot_weights", "class_prompts",
+           "predict_proba", "cosine_with_warmup", "param_groups"]
+
+CONFIG_NAME, WEIGHTS_NAME, CKPT_DIR = "clip_config.json", "model.safetensors", "checkpoints"
+FT_MODES = ("zeroshot-head", "linear-probe", "contrastive")
+# settings that change the training trajectory: a resume must not change them
+_RESUME_KEYS = ("model", "split", "steps", "epochs", "batch_size", "grad_accum", "lr",
+                "weight_decay", "grad_clip", "warmup", "seed", "shuffle_buffer", "workers",
+                "resampled", "augment", "precision")
 
 
 @dataclass
 class ClipTrainConfig:
-    """Hyper-parameters of pretraining (``steps`` ...) and fine-tuning (``ft_*``)."""
+    """Pretraining (``steps`` ...) and fine-tuning (``ft_*``) settings; batch sizes are per rank."""
 
     model: str = "medfake-tiny"
-    split: str = "train"             # split of each shard dir used for pretraining
-    steps: int = 200
-    batch_size: int = 64
+    split: str = "train"             # split of each dataset used for pretraining
+    steps: int = 200                 # optimizer steps (ignored when epochs > 0)
+    epochs: int = 0                  # epochs of sum(dataset counts) samples each
+    batch_size: int = 64             # micro-batch per rank
+    grad_accum: int = 1
     lr: float = 5e-4
     weight_decay: float = 0.1
     grad_clip: float = 1.0           # max global grad norm (0 disables)
     warmup: int = 50
     seed: int = 0
     shuffle_buffer: int = 2000       # samples; must exceed n_classes x shard size if shards are class-pure
-    workers: int = 1                 # DataLoader workers (capped at the number of shards)
+    workers: int = 1                 # DataLoader worker processes per rank (0: in-process)
+    resampled: bool = False          # draw shards with replacement (multi-node streaming)
+    augment: str = "openclip"        # none | openclip | classic | skin
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (GPU)
+    deepspeed: bool = False          # DeepSpeed even in a single process
+    zero: int | None = None          # ZeRO preset stage 1/2/3 (implies DeepSpeed)
+    ds_config: str | None = None     # DeepSpeed JSON (implies DeepSpeed)
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: str = "auto"             # auto | require | never (an --out holding checkpoints)
+    log_every: int = 10
+    tensorboard: bool = True
+    ft_mode: str = "zeroshot-head"   # zeroshot-head | linear-probe | contrastive
+    ft_freeze: tuple[str, ...] = ()  # image[:UNLOCKED_GROUPS], text[:UNLOCKED_LAYERS]
     ft_steps: int = 150
     ft_batch: int = 32
     ft_lr: float = 3e-4
     ft_weight_decay: float = 0.05
-    ft_augment: bool = True
+    ft_augment: str = "classic"
+    mix: tuple[str, ...] = field(default=())  # extra weighted sources DIR:WEIGHT
 
     @classmethod
     def profile(cls, name: str, **overrides) -> "ClipTrainConfig":
@@ -74,7 +115,7 @@ PROFILES: dict[str, ClipTrainConfig] = {
     "embedded": ClipTrainConfig(),
     "test": ClipTrainConfig(model="medfake-micro", steps=6, batch_size=8, warmup=2,
                             shuffle_buffer=16, workers=0, checkpoint_every=3, ft_steps=10,
-                            ft_batch=8),
+                            ft_batch=8, tensorboard=False),
 }
 
 
@@ -85,308 +126,322 @@ def get_profile(name: str = "default", **overrides) -> ClipTrainConfig:
     return replace(PROFILES[name], **overrides)
 
 
-def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
+def _validate(cfg: ClipTrainConfig) -> None:
+    if cfg.augment not in AUGMENTS or cfg.ft_augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {cfg.augment!r}/{cfg.ft_augment!r}; choose "
+                         f"one of {AUGMENTS}")
+    if cfg.ft_mode not in FT_MODES:
+        raise ValueError(f"unknown --finetune-mode {cfg.ft_mode!r}; choose one of {FT_MODES}")
+    if cfg.batch_size < 1 or cfg.ft_batch < 1 or cfg.grad_accum < 1:
+        raise ValueError("batch sizes and --grad-accum must be at least 1")
+    if cfg.checkpoint_every < 1:
+        raise ValueError("--checkpoint-every must be at least 1")
+    if cfg.resume not in ("auto", "require", "never"):
+        raise ValueError(f"--resume {cfg.resume!r}: choose auto, require or never")
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip_train's rule: no weight decay on gains, biases, norms and ``logit_scale``."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-        (no_decay if skip else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
+def use_deepspeed(cfg: ClipTrainConfig, env: D.DistEnv) -> bool:
+    """DeepSpeed when asked for, or when a launcher started several ranks."""
+    return cfg.deepspeed or cfg.zero is not None or bool(cfg.ds_config) or env.is_distributed
 
 
-# ----------------------------------------------------------------------------- data
-
-def shard_urls(shard_dirs: Sequence[str | os.PathLike], split: str) -> list[str]:
-    """All shard paths of ``split`` over the dataset dirs (validated through dataset.json)."""
-    urls = [u for d in shard_dirs for u in DatasetInfo.load(d).shard_paths(split)]
-    if not urls:
-        raise ValueError(f"no {split!r} shards in {list(map(str, shard_dirs))}")
-    return urls
-
-
-class _Decode:
-    """png -> grayscale PIL -> preprocess (3-channel tensor); txt -> token ids. Picklable."""
-
-    def __init__(self, preprocess: Callable, tokenizer: Callable):
-        self.preprocess, self.tokenizer = preprocess, tokenizer
-
-    def __call__(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(io.BytesIO(sample["png"])) as im:
-            img = self.preprocess(im.convert("L"))
-        return img, self.tokenizer([sample["txt"].decode("utf-8")])[0]
+def _session(cfg: ClipTrainConfig) -> tuple[D.DistEnv, str, torch.device]:
+    """Detect the launcher, start the process group if needed; (env, backend, device)."""
+    env = D.detect_env()
+    backend = "deepspeed" if use_deepspeed(cfg, env) else "torch"
+    if backend == "deepspeed":
+        D.init_process_group(env)
+        D.prepare_deepspeed_comm()
+    return env, backend, D.device_for(env)
 
 
-def clip_batches(urls: list[str], cfg: ClipTrainConfig, preprocess: Callable, tokenizer: Callable,
-                 seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless stream of (images (B,3,S,S), tokens (B,L)) batches.
-
-    Shards are split by node and worker, shuffled per epoch (deterministically from ``seed``),
-    and samples pass a ``cfg.shuffle_buffer`` shuffle buffer that is filled completely before
-    the first sample leaves it: shards written class by class (one class per shard) then still
-    give mixed batches as long as the buffer spans a shard of every class. Workers are capped at
-    the shard count (a worker without shards would find no samples).
-    """
-    ds = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=seed,
-                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
-    if cfg.shuffle_buffer > 1:
-        ds.append(wds.detshuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed))
-    ds = ds.map(_Decode(preprocess, tokenizer)).batched(cfg.batch_size, partial=False).repeat()
-    workers = min(cfg.workers, len(urls))
-    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers,
-                           persistent_workers=workers > 0)
-    for images, tokens in loader:
-        yield images, tokens
+def _engine_config(cfg: ClipTrainConfig, backend: str, total: int) -> EngineConfig:
+    return EngineConfig(backend=backend, zero_stage=cfg.zero, ds_config=cfg.ds_config,
+                        precision=cfg.precision, micro_batch=cfg.batch_size,
+                        grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, warmup=cfg.warmup, total_steps=total)
 
 
 # ----------------------------------------------------------------------------- pretraining
 
-def clip_train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    images: torch.Tensor, tokens: torch.Tensor, grad_clip: float = 0.0) -> float:
-    """One contrastive step (forward, loss, backward, clip, optimiser step); returns the loss."""
-    model.train()
-    out = model(images, tokens)
-    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    with torch.no_grad():  # as open_clip_train: keep the temperature in [1, 100]
-        model.logit_scale.clamp_(0, math.log(100))
-    return float(loss.item())
+def _run_settings(cfg: ClipTrainConfig, backend: str, world: int, sources: list) -> dict:
+    return {**{k: getattr(cfg, k) for k in _RESUME_KEYS}, "backend": backend,
+            "world_size": world, "sources": [[s.name, s.weight, len(s.urls)] for s in sources],
+            "zero": cfg.zero, "ds_config": cfg.ds_config}
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _check_resumable(out: Path, settings: dict) -> None:
+    f = out / CONFIG_NAME
+    old = json.loads(f.read_text()).get("settings") if f.is_file() else None
+    if old is None:
+        return
+    old["sources"] = [list(s) for s in old.get("sources", [])]
+    diff = {k: (old.get(k), v) for k, v in settings.items()
+            if json.loads(json.dumps(v)) != old.get(k)}
+    if diff:
+        raise ValueError(f"{out} holds a run with other settings ("
+                         + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                         + "); resume with the same command or use another --out")
 
 
-def _write_config(out: Path, cfg: ClipTrainConfig, step: int, extra: dict | None = None) -> None:
+def _finished(out: Path, cfg: ClipTrainConfig) -> bool:
+    f = out / CONFIG_NAME
+    if not (out / WEIGHTS_NAME).is_file() or not f.is_file():
+        return False
+    meta = json.loads(f.read_text())
+    old = meta.get("settings") or {}
+    if not meta.get("finished") or old.get("model") != cfg.model:
+        return False
+    same = all(old.get(k) == json.loads(json.dumps(getattr(cfg, k))) for k in _RESUME_KEYS)
+    if not same:
+        raise ValueError(f"{out} holds a finished {old.get('model')} run with other settings; "
+                         f"use another --out or delete it")
+    return True
+
+
+def _write_config(out: Path, cfg: ClipTrainConfig, settings: dict, step: int, total: int,
+                  finished: bool) -> None:
     tmp = out / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps({"model": cfg.model, "step": step, "config": asdict(cfg),
-                               **(extra or {})}, indent=1))
+    tmp.write_text(json.dumps({"model": cfg.model, "step": step, "total_steps": total,
+                               "finished": finished, "settings": settings,
+                               "config": asdict(cfg)}, indent=1, default=str))
     os.replace(tmp, out / CONFIG_NAME)
 
 
 def pretrain_clip(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   cfg: ClipTrainConfig,
                   on_step: Callable[[int, float], None] | None = None) -> Path:
-    """Contrastively train ``cfg.model`` from scratch on the image-caption shards; return model.pt.
+    """Contrastively train ``cfg.model`` from scratch on image-caption shards; return the path
+    of ``model.safetensors`` (on every rank).
 
-    Resumable: every ``cfg.checkpoint_every`` steps the full state is written atomically to
-    ``checkpoint.pt``; calling again with the same ``out_dir`` continues from it (after a kill)
-    and returns at once if training already finished. After a resume the data stream is
-    reseeded from the resume step, so no batch order is replayed (it is not the identical stream
-    an uninterrupted run would have seen). ``on_step(step, loss)`` is called after each step
-    (1-based). Raises ValueError if ``out_dir`` holds a run of a different model.
+    ``shard_dirs`` form one source; ``cfg.mix`` adds weighted sources (``DIR:WEIGHT``).
+    Resumes from ``out_dir/checkpoints/latest`` and returns at once if the run finished.
+    ``on_step(step, loss)`` is called after each optimizer step (1-based), after any
+    checkpoint of that step.
     """
+    _validate(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    model, preprocess_train, _, tokenizer = create_clip(cfg.model)  # seeded init
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(0.9, 0.98), eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                  cosine_with_warmup(cfg.warmup, cfg.steps))
-    step = 0
-    ckpt_path = out / CKPT_NAME
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["model_name"] != cfg.model:
-            raise ValueError(f"{out} holds a {state['model_name']} run, not {cfg.model}; "
-                             f"use another --out or delete it.")
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
-        log.info("resuming %s from step %d", out, step)
-    final = out / MODEL_NAME
-    if step >= cfg.steps and final.exists():
-        log.info("%s already trained (%d steps)", out, step)
+    final = out / WEIGHTS_NAME
+    if _finished(out, cfg):
+        if cfg.resume == "never":
+            raise ValueError(f"{out} holds a finished run; use another --out or delete it")
+        log.info("%s already trained", out)
         return final
+    env, backend, device = _session(cfg)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    D.barrier()
+    sources = load_sources(shard_dirs, cfg.mix, cfg.split)
+    spe = steps_per_epoch(sources, cfg.batch_size * cfg.grad_accum * env.world_size)
+    total = cfg.epochs * spe if cfg.epochs > 0 else cfg.steps
+    settings = _run_settings(cfg, backend, env.world_size, sources)
+    ckpt = CheckpointDir(out / CKPT_DIR)
+    if ckpt.latest() is not None:
+        if cfg.resume == "never":
+            raise ValueError(f"{out} holds a run ({ckpt.latest()}); use another --out, delete "
+                             f"it, or drop --resume never to continue it")
+        _check_resumable(out, settings)
+    elif cfg.resume == "require":
+        raise FileNotFoundError(f"--resume require: {out} has no checkpoint to resume from")
+    seed_everything(cfg.seed)
+    model, _, _, tokenizer = create_clip(cfg.model, device=device)
+    stock_shapes = {k: v.shape for k, v in model.state_dict().items()}
+    stats = image_stats(model)
+    engine = build_engine(model, _engine_config(cfg, backend, total), device, env.world_size)
+    start, data = resume_checkpoint(engine, ckpt)
+    if env.is_main:
+        _write_config(out, cfg, settings, start, total, False)
+    position = (StreamPosition.from_state_dict(data) if data
+                else StreamPosition(max(1, cfg.workers)))
+    stream_cfg = StreamConfig(batch_size=cfg.batch_size, seed=cfg.seed,
+                              shuffle_buffer=cfg.shuffle_buffer, workers=cfg.workers,
+                              resampled=cfg.resampled, augment=cfg.augment)
+    batches = stream_loader(sources, stream_cfg, stats, tokenizer, env.rank, env.world_size,
+                            position) if start < total else iter(())
+    dist = env.world_size > 1
+    loss_fn = open_clip.ClipLoss(local_loss=dist, gather_with_grad=dist, cache_labels=True,
+                                 rank=env.rank, world_size=env.world_size)
 
-    def checkpoint(at: int) -> None:
-        _atomic_save({"model_name": cfg.model, "step": at, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "torch_rng": torch.get_rng_state()}, ckpt_path)
-        _write_config(out, cfg, at)
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor, dict]) -> torch.Tensor:
+        images, tokens, info = batch
+        position.update(info)
+        o = engine.forward(images.to(device, engine.input_dtype), tokens.to(device))
+        return loss_fn(o["image_features"].float(), o["text_features"].float(),
+                       clip_logits_scale(o["logit_scale"].float()))
 
-    urls = shard_urls(shard_dirs, cfg.split)
-    log.info("pretraining %s on %d shards for %d steps (batch %d)", cfg.model, len(urls),
-             cfg.steps - step, cfg.batch_size)
-    loss_fn = open_clip.ClipLoss()
-    batches = clip_batches(urls, cfg, preprocess_train, tokenizer,
-                           seed=derive_seed(cfg.seed, "clip-data", step) % (1 << 31))
+    log.info("pretraining %s on %s for steps %d..%d (batch %d x %d ranks x %d accum, %s%s, %s)",
+             cfg.model, " + ".join(f"{s.name}({len(s.urls)} shards, w={s.weight:g})"
+                                   for s in sources), start, total, cfg.batch_size,
+             env.world_size, cfg.grad_accum, backend,
+             f" ZeRO-{getattr(engine, 'zero_stage', '')}" if backend == "deepspeed" else "",
+             cfg.precision)
+    telemetry = Telemetry(out, total, start, f"pretrain {cfg.model}", env.is_main,
+                          cfg.batch_size * cfg.grad_accum, cfg.log_every, spe, cfg.tensorboard)
     t0 = time.time()
-    with tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.model}", unit="step") as bar:
-        while step < cfg.steps:
-            images, tokens = next(batches)
-            loss = clip_train_step(model, loss_fn, optimizer, images, tokens, cfg.grad_clip)
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint(step)
-            if on_step is not None:
-                on_step(step, loss)
-    _atomic_save(model.state_dict(), final)
-    log.info("pretraining done in %.1f s -> %s", time.time() - t0, final)
+    try:
+        train_loop(engine, batches, loss_of, start=start, total=total, accum=cfg.grad_accum,
+                   telemetry=telemetry, ckpt=ckpt, checkpoint_every=cfg.checkpoint_every,
+                   keep=cfg.keep_checkpoints, data_state=position.state_dict,
+                   skipped=lambda: sum(position.skipped().values()), on_step=on_step)
+    finally:
+        telemetry.close()
+        del batches  # stops DataLoader workers
+    skipped = position.skipped()
+    if skipped:
+        log.warning("rank %d skipped %d bad sample(s): %s", env.rank, sum(skipped.values()),
+                    skipped)
+    sd = engine.full_state_dict()  # collective
+    if env.is_main:
+        save_weights(to_stock_state_dict(sd, stock_shapes), final)
+        _write_config(out, cfg, settings, total, total, True)
+        log.info("pretraining done in %.1f s -> %s", time.time() - t0, final)
+    D.barrier()
     return final
 
 
 # ----------------------------------------------------------------------------- fine-tuning
 
-def class_prompts(class_names: Sequence[str],
-                  prompt_templates: dict[str, list[str]] | Sequence[str]) -> list[list[str]]:
-    """Prompts per class: ``{class: [full prompts]}`` as in dataset.json, or templates with ``{}``."""
-    if isinstance(prompt_templates, dict):
-        return [list(prompt_templates[c]) for c in class_names]
-    return [[t.format(c) for t in prompt_templates] for c in class_names]
-
-
-@torch.no_grad()
-def zero_shot_weights(model: nn.Module, tokenizer: Callable, class_names: Sequence[str],
-                      prompt_templates: dict[str, list[str]] | Sequence[str]) -> torch.Tensor:
-    """(C, D) unit-norm mean text embedding of each class's prompts."""
-    model.eval()
-    rows = []
-    for prompts in class_prompts(class_names, prompt_templates):
-        emb = nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1).mean(0)
-        rows.append(nn.functional.normalize(emb, dim=-1))
-    return torch.stack(rows)
-
-
-class ClipClassifier(nn.Module):
-    """CLIP image tower + linear head on L2-normalised features; input normalised (N,3,S,S).
-
-    With ``head.weight = logit_scale * zero_shot_weights`` and zero bias it reproduces the
-    zero-shot classifier exactly.
-    """
-
-    def __init__(self, clip: nn.Module, head_init: torch.Tensor, logit_scale: float):
-        super().__init__()
-        self.visual = clip.visual
-        self.head = nn.Linear(head_init.shape[1], head_init.shape[0])
-        with torch.no_grad():
-            self.head.weight.copy_(head_init * logit_scale)
-            self.head.bias.zero_()
-        self.preprocess_cfg = dict(clip.visual.preprocess_cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(nn.functional.normalize(self.visual(x), dim=-1))
-
-
-def _model_name_for(init: Path, default: str) -> str:
-    cfg_file = Path(init).parent / CONFIG_NAME
+def _model_name_for(init: str | os.PathLike, default: str) -> str:
+    p = Path(init)
+    cfg_file = (p if p.is_dir() else p.parent) / CONFIG_NAME
     return json.loads(cfg_file.read_text())["model"] if cfg_file.exists() else default
+
+
+def _weights_path(init: str | os.PathLike) -> Path:
+    """A weights file, or a pretraining output directory (its ``model.safetensors``)."""
+    p = Path(init)
+    if p.is_dir():
+        if not (p / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{p} has no {WEIGHTS_NAME}: pretraining did not finish "
+                                    f"(re-run it) or export a checkpoint with "
+                                    f"`medfake export clip`")
+        return p / WEIGHTS_NAME
+    return p
+
+
+def apply_freeze(model: nn.Module, specs: Sequence[str]) -> None:
+    """``image[:N]``: lock the image tower except its last N layer groups (open_clip's
+    ``lock_image_tower``); ``text[:N]``: lock the text tower except its last N layers."""
+    for spec in specs:
+        tower, _, n = spec.partition(":")
+        try:
+            unlocked = int(n) if n else 0
+        except ValueError:
+            raise ValueError(f"--freeze {spec!r}: the part after ':' must be an integer") from None
+        if tower == "image":
+            visual = model.visual
+            visual.lock(unlocked_groups=unlocked)
+        elif tower == "text":
+            if not hasattr(model, "lock_text_tower"):
+                raise ValueError("--freeze text needs --finetune-mode contrastive (the "
+                                 "classifier modes train no text tower)")
+            model.lock_text_tower(unlocked_layers=unlocked)
+        else:
+            raise ValueError(f"--freeze {spec!r}: use image[:N] or text[:N]")
+
+
+def _finetune_model(clip: nn.Module, tokenizer: Callable, class_names: Sequence[str],
+                    prompt_templates: dict[str, list[str]] | Sequence[str],
+                    cfg: ClipTrainConfig) -> nn.Module:
+    if cfg.ft_mode == "contrastive":
+        apply_freeze(clip, cfg.ft_freeze)
+        return clip
+    head = (zero_shot_weights(clip, tokenizer, class_names, prompt_templates)
+            if cfg.ft_mode == "zeroshot-head" else None)
+    model = ClipClassifier(clip, head, float(clip.logit_scale.detach().exp()), len(class_names))
+    if cfg.ft_mode == "linear-probe":
+        model.visual.lock(unlocked_groups=0)
+    apply_freeze(model, cfg.ft_freeze)
+    return model
 
 
 def finetune_classifier(init: str | os.PathLike | None, train: SplitArrays,
                         class_names: Sequence[str],
                         prompt_templates: dict[str, list[str]] | Sequence[str],
-                        cfg: ClipTrainConfig) -> ClipClassifier:
-    """Fine-tune image tower + head on the (few) labelled real images for ``cfg.ft_steps`` steps.
+                        cfg: ClipTrainConfig) -> nn.Module:
+    """Fine-tune on the (few) labelled images of ``train`` for ``cfg.ft_steps`` steps and
+    return a classifier (eval mode) mapping normalised images to class logits.
 
-    ``init``: a pretraining ``model.pt`` (model name read from its ``clip_config.json``, else
-    ``cfg.model``) or None for the real-only arm (random init from ``cfg.seed``). In both arms
-    the head starts as the zero-shot classifier of the (pretrained or random) text tower, and
-    the step budget, batch, schedule and augmentation are identical. Batches are drawn with
-    replacement; with ``cfg.ft_augment`` each image gets ``classifiers.augmentation()``.
-    Returns the model in eval mode.
+    ``init``: pretraining weights (``model.safetensors`` or its directory; the model name is
+    read from ``clip_config.json`` beside it, else ``cfg.model``) or None for a random init
+    from ``cfg.seed``. ``cfg.ft_mode``: ``zeroshot-head`` (image tower + a head initialised
+    from the text tower's class-prompt embeddings), ``linear-probe`` (frozen image tower,
+    random head) or ``contrastive`` (image-prompt contrastive training; classifies zero-shot
+    with the tuned text tower). ``cfg.ft_freeze`` locks tower layers. Batches are drawn with
+    replacement and augmented with ``cfg.ft_augment``. Under a launcher every rank trains
+    (DeepSpeed) and the returned model is the consolidated one.
     """
-    name = _model_name_for(Path(init), cfg.model) if init is not None else cfg.model
+    _validate(cfg)
+    weights = _weights_path(init) if init is not None else None
+    name = _model_name_for(init, cfg.model) if init is not None else cfg.model
+    env, backend, device = _session(cfg)
     seed_everything(cfg.seed)
-    clip, _, _, tokenizer = create_clip(name, weights=init)
-    head = zero_shot_weights(clip, tokenizer, class_names, prompt_templates)
-    model = ClipClassifier(clip, head, clip.logit_scale.exp().item())
-    del clip
-    opt = torch.optim.AdamW(_param_groups(model, cfg.ft_weight_decay), lr=cfg.ft_lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, cosine_with_warmup(max(1, cfg.ft_steps // 10), cfg.ft_steps))
-    rng = np.random.default_rng(derive_seed(cfg.seed, "finetune"))
-    aug = augmentation(train.images.shape[1]) if cfg.ft_augment else None
-    x_all = torch.from_numpy(np.ascontiguousarray(train.images))
-    if x_all.ndim == 3:
-        x_all = x_all.unsqueeze(1)  # uint8 (N,1,H,W) or (N,3,H,W) after permute below
-    else:
-        x_all = x_all.permute(0, 3, 1, 2)
-    y_all = torch.as_tensor(train.labels, dtype=torch.long)
-    model.train()
-    for step in tqdm(range(cfg.ft_steps), desc="finetune", unit="step", leave=False):
-        idx = torch.from_numpy(rng.integers(0, len(y_all), cfg.ft_batch))
-        xb = x_all[idx]
-        if aug is not None:
-            xb = torch.stack([aug(img) for img in xb])
-        xb = xb[:, 0] if xb.shape[1] == 1 else xb.permute(0, 2, 3, 1)
-        logits = model(images_to_tensor(xb.numpy(), model))
-        loss = nn.functional.cross_entropy(logits, y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    clip, _, _, tokenizer = create_clip(name, weights=weights)
+    model = _finetune_model(clip, tokenizer, class_names, prompt_templates, cfg)
+    stock_shapes = {k: v.shape for k, v in model.state_dict().items()}
+    contrastive = cfg.ft_mode == "contrastive"
+    batches = ArrayBatches(train.images, train.labels, cfg.ft_batch, image_stats(model),
+                           cfg.ft_augment, seed=derive_seed(cfg.seed, "finetune") % (1 << 63),
+                           rank=env.rank,
+                           captions=class_prompts(class_names, prompt_templates)
+                           if contrastive else None, tokenizer=tokenizer)
+    ecfg = EngineConfig(backend=backend, zero_stage=cfg.zero, ds_config=cfg.ds_config,
+                        precision=cfg.precision, micro_batch=cfg.ft_batch, grad_accum=1,
+                        grad_clip=0.0, lr=cfg.ft_lr, weight_decay=cfg.ft_weight_decay,
+                        betas=(0.9, 0.999), eps=1e-8, warmup=max(1, cfg.ft_steps // 10),
+                        total_steps=cfg.ft_steps)
+    engine = build_engine(model, ecfg, device, env.world_size)
+    dist = env.world_size > 1
+    loss_fn = open_clip.ClipLoss(local_loss=dist, gather_with_grad=dist, rank=env.rank,
+                                 world_size=env.world_size)
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        x, y, tokens = batch
+        x = x.to(device, engine.input_dtype)
+        if contrastive:
+            o = engine.forward(x, tokens.to(device))
+            return loss_fn(o["image_features"].float(), o["text_features"].float(),
+                           clip_logits_scale(o["logit_scale"].float()))
+        return nn.functional.cross_entropy(engine.forward(x).float(), y.to(device))
+
+    engine.module.train()
+    telemetry = Telemetry(None, cfg.ft_steps, 0, "finetune", env.is_main, cfg.ft_batch,
+                          log_every=max(1, cfg.ft_steps), progress=True)
+    try:
+        train_loop(engine, batches, loss_of, start=0, total=cfg.ft_steps, accum=1,
+                   telemetry=telemetry)
+    finally:
+        telemetry.close()
+    if backend == "deepspeed":  # consolidate into a plain model (ZeRO-3 keeps shards only)
+        sd = engine.full_state_dict()
+        clip, _, _, tokenizer = create_clip(name)
+        model = _finetune_model(clip, tokenizer, class_names, prompt_templates,
+                                replace(cfg, ft_freeze=()))
+        model.load_state_dict(to_stock_state_dict(sd, stock_shapes), strict=True)
+    model = model.cpu().eval()
+    if contrastive:
+        return ZeroShotClassifier(model, zero_shot_weights(model, tokenizer, class_names,
+                                                           prompt_templates)).eval()
+    return model
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Softmax probabilities (N, C) of a ``ClipClassifier`` for uint8 images."""
-    model.eval()
-    return torch.cat([torch.softmax(model(images_to_tensor(images[i:i + batch], model)), 1)
-                      for i in range(0, len(images), batch)]).numpy()
-
-
-def evaluate_classifier(model: nn.Module, test: SplitArrays, class_names: Sequence[str],
-                        n_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """``classification_metrics`` on ``test`` plus ``accuracy_ci95`` (percentile bootstrap)."""
-    probs = predict_proba(model, test.images)
-    m = classification_metrics(test.labels, probs, class_names)
-    m["accuracy_ci95"] = list(bootstrap_ci(test.labels, probs, "accuracy", n=n_bootstrap,
-                                           seed=seed))
-    return m
-
-
-class _ZeroShot(nn.Module):
-    def __init__(self, clip: nn.Module, weights: torch.Tensor):
-        super().__init__()
-        self.clip, self.weights = clip, weights
-        self.scale = clip.logit_scale.exp().item()
-        self.visual = clip.visual  # images_to_tensor reads visual.preprocess_cfg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * nn.functional.normalize(self.clip.encode_image(x), dim=-1) @ self.weights.T
-
+# ----------------------------------------------------------------------------- evaluation
 
 def zero_shot_eval(ckpt: str | os.PathLike, test: SplitArrays, class_names: Sequence[str],
                    prompt_templates: dict[str, list[str]] | Sequence[str],
                    model_name: str | None = None) -> dict:
-    """Zero-shot metrics of a pretraining checkpoint (``model.pt``) on ``test``.
+    """Zero-shot metrics of pretraining weights (file or output directory) on ``test``.
 
-    The model name comes from ``model_name`` or the checkpoint's ``clip_config.json``.
+    The model name comes from ``model_name`` or the ``clip_config.json`` beside the weights.
     """
-    name = model_name or _model_name_for(Path(ckpt), "")
+    name = model_name or _model_name_for(ckpt, "")
     if not name:
         raise ValueError(f"no {CONFIG_NAME} next to {ckpt}; pass model_name")
-    clip, _, _, tokenizer = create_clip(name, weights=ckpt)
-    zs = _ZeroShot(clip, zero_shot_weights(clip, tokenizer, class_names, prompt_templates))
+    clip, _, _, tokenizer = create_clip(name, weights=_weights_path(ckpt))
+    zs = ZeroShotClassifier(clip, zero_shot_weights(clip, tokenizer, class_names,
+                                                    prompt_templates))
     return evaluate_classifier(zs, test, class_names)
 
-
-# ----------------------------------------------------------------------------- few-shot runs
 
 def kshot_subset(train: SplitArrays, k: int, seed: int) -> SplitArrays:
     """``k`` images per class without replacement; same subsets as ``pipelines.run``'s."""
@@ -402,36 +457,52 @@ def kshot_subset(train: SplitArrays, k: int, seed: int) -> SplitArrays:
 
 def fewshot_runs(init: str | None, data_dir: str, k: int, seeds: Sequence[int],
                  cfg: ClipTrainConfig) -> list[dict]:
-    """Fine-tune on k real images per class of ``data_dir`` train and evaluate on its test split,
-    once per seed (the seed picks the k-shot subset and the initialisation)."""
+    """Fine-tune on k real images per class of ``data_dir`` train and evaluate on its test
+    split (metrics at the top level) and val split (``"val"``, when present), once per seed
+    (the seed picks the k-shot subset and the initialisation). Under a launcher all ranks
+    train and rank 0 evaluates; other ranks return an empty list."""
     from ..engine.dataset import load_split
     info = DatasetInfo.load(data_dir)
     train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
+    val = load_split(data_dir, "val") if "val" in info.splits else None
     results = []
     for seed in seeds:
         t0 = time.time()
         model = finetune_classifier(init, kshot_subset(train, k, seed), info.class_names,
                                     info.prompt_templates, replace(cfg, seed=seed))
+        if D.rank() != 0:
+            continue
         m = evaluate_classifier(model, test, info.class_names, seed=seed)
-        m.update(seed=seed, k=k, init=init, seconds=round(time.time() - t0, 1))
-        log.info("k=%d seed=%d init=%s accuracy %.3f macro_auc %.3f (%.0f s)", k, seed, init,
-                 m["accuracy"], m["macro_auc"], m["seconds"])
+        if val is not None:
+            m["val"] = evaluate_classifier(model, val, info.class_names, seed=seed)
+        m.update(seed=seed, k=k, init=init, mode=cfg.ft_mode,
+                 seconds=round(time.time() - t0, 1))
+        log.info("k=%d seed=%d init=%s %s: test accuracy %.3f macro_auc %.3f (%.0f s)", k, seed,
+                 init, cfg.ft_mode, m["accuracy"], m["macro_auc"], m["seconds"])
         results.append(m)
     return results
 
 
 def fewshot_summary(init: str | None, data_dir: str, k: int, seeds: Sequence[int],
-                    cfg: ClipTrainConfig, zero_shot: bool = False) -> dict:
-    """``fewshot_runs`` plus mean/std over seeds and, optionally, zero-shot metrics of ``init``
-    (what ``medfake train clip --stage finetune`` prints)."""
+                    cfg: ClipTrainConfig, zero_shot: bool = True) -> dict:
+    """``fewshot_runs`` plus mean/std over seeds and, when ``init`` is given and ``zero_shot``,
+    zero-shot metrics of ``init`` on the test and val splits (what ``medfake train clip
+    --stage finetune`` prints). Empty on ranks other than 0."""
     from ..engine.dataset import load_split
     from ..engine.metrics import mean_std
     res = fewshot_runs(init, data_dir, k, seeds, cfg)
+    if D.rank() != 0:
+        return {}
     summary = {key: mean_std([r[key] for r in res]) for key in
                ("accuracy", "balanced_accuracy", "macro_auc", "seconds")}
+    if all("val" in r for r in res):
+        summary["val_accuracy"] = mean_std([r["val"]["accuracy"] for r in res])
     out = {"init": init, "k": k, "config": asdict(cfg), "summary": summary, "runs": res}
     if zero_shot and init:
         info = DatasetInfo.load(data_dir)
         out["zero_shot"] = zero_shot_eval(init, load_split(data_dir, "test"), info.class_names,
                                           info.prompt_templates)
+        if "val" in info.splits:
+            out["zero_shot_val"] = zero_shot_eval(init, load_split(data_dir, "val"),
+                                                  info.class_names, info.prompt_templates)
     return out

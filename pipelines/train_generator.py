@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..engine.dataset import DatasetInfo, load_split
+from ..engine.dataset import DatasetInfo, DiskFullError, is_disk_full, load_split
 from ..engine.paths import cache_dir
+from ..engine.safe_load import load_checkpoint
 from ..engine.sd_model import build_components, preset_config, save_components
 from ..engine.seeding import derive_seed
 
@@ -86,7 +87,7 @@ class TrainingStopped(RuntimeError):
 
 def _load_corpus(corpus_dir: str | os.PathLike, size: int) -> tuple[torch.Tensor, list[str]]:
     """Corpus train split as float (N, 3, size, size) in [-1, 1] plus captions."""
-    split = load_split(corpus_dir, "train")
+    split = load_split(corpus_dir, "train", skip_bad=True)  # bad samples: counted, warned, skipped
     x = torch.from_numpy(split.images).float() / 127.5 - 1.0
     x = x.mean(-1) if x.ndim == 4 else x  # RGB corpora are reduced to grayscale
     x = x[:, None]
@@ -107,9 +108,33 @@ def _maybe_flip(x: torch.Tensor, g: torch.Generator, on: bool) -> torch.Tensor:
 
 
 def _save_ckpt(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    torch.save({k: v for k, v in state.items() if k != "_budget"}, tmp)
-    os.replace(tmp, out / CHECKPOINT)
+    """Write the resume checkpoint atomically (tmp + fsync + rename).
+
+    On a full disk raise ``DiskFullError`` with the tmp file removed and the previous
+    checkpoint untouched, so re-running after freeing space resumes from it.
+    """
+    final, tmp = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:  # a Python file object: a full disk raises OSError(ENOSPC)
+            torch.save({k: v for k, v in state.items() if k != "_budget"}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError as e:
+        if is_disk_full(e):
+            prev = "the previous checkpoint is intact" if final.exists() else "no checkpoint yet"
+            raise DiskFullError(
+                f"disk full while writing the generator checkpoint in {out} (stage "
+                f"{state.get('stage')}, step {state.get('step')}); {prev}. Free space and re-run "
+                f"the same command to resume.") from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_ckpt(out: Path) -> dict[str, Any]:
+    """The resume checkpoint, read with ``torch.load(weights_only=True)`` (no code runs)."""
+    return load_checkpoint(out / CHECKPOINT)
 
 
 def _lr_lambda(warmup: int):
@@ -249,7 +274,7 @@ def train_generator(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
     state: dict[str, Any] = {"config": asdict(cfg), "stage": "vae", "step": 0,
                              "losses": {"vae": [], "unet": []}, "scaling_factor": 1.0}
     if (out / CHECKPOINT).is_file():
-        ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+        ckpt = _load_ckpt(out)
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"{out / CHECKPOINT} was written by a different config; use another "
                              f"out_dir or delete the checkpoint to start over.")
@@ -288,8 +313,10 @@ def train_generator(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
                "wall_seconds_this_run": time.time() - t0,
                "cpu_seconds_this_run": time.process_time() - cpu0, "vae_stage_seconds_this_run": t_vae,
                "torch_threads": torch.get_num_threads()}
+    tmp = marker.with_name(marker.name + ".tmp")  # marker first, atomically; then drop the ckpt
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, marker)
     (out / CHECKPOINT).unlink(missing_ok=True)
-    marker.write_text(json.dumps(summary, indent=1))
     log.info("generator trained (this run %.0f s): %s", time.time() - t0, out)
     return out
 

@@ -1,7 +1,9 @@
 """Metrics, SmallCNN, and the CLIP pretrain / resume / fine-tune / evaluate jobs (tiny scale)."""
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import open_clip
@@ -12,7 +14,10 @@ from medfake.engine.classifiers import SmallCNN, predict_proba, train_classifier
 from medfake.engine.clip_model import create_clip, register_presets
 from medfake.engine.dataset import DatasetWriter, Sample, load_split
 from medfake.engine.metrics import bootstrap_ci, classification_metrics, mean_std
-from medfake.pipelines.train_clip import (CKPT_NAME, ClipClassifier, evaluate_classifier,
+from safetensors.torch import load_file
+
+from medfake.engine.clip_classify import ZeroShotClassifier
+from medfake.pipelines.train_clip import (ClipClassifier, evaluate_classifier,
                                           finetune_classifier, get_profile, pretrain_clip,
                                           zero_shot_eval)
 
@@ -47,7 +52,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def pretrained(shard_dir, tmp_path_factory):
-    """A finished test-profile pretraining run: (model.pt path, config)."""
+    """A finished test-profile pretraining run: (model.safetensors path, config)."""
     cfg = get_profile("test")
     return pretrain_clip([shard_dir], tmp_path_factory.mktemp("pre") / "run", cfg), cfg
 
@@ -124,16 +129,26 @@ def test_small_cnn_learns_separable_toy_set():
 
 def test_pretrain_checkpoint_loads_in_stock_open_clip(shard_dir, pretrained):
     final, cfg = pretrained
+    assert final.name == "model.safetensors"
     register_presets()
     stock = open_clip.create_model(cfg.model, pretrained=None)
-    stock.load_state_dict(torch.load(final, weights_only=True), strict=True)
+    stock.load_state_dict(load_file(final), strict=True)
+    log = [json.loads(line) for line in (final.parent / "train_log.jsonl").read_text().split("\n")
+           if line]
+    assert [r["step"] for r in log] == [6] and all(r["samples_per_s"] > 0 for r in log)
+    assert 0 <= log[-1]["data_stall"] <= 1 and len(log[-1]["samples_per_s_per_rank"]) == 1
     # a second call finds the finished run and does not train again
     calls = []
     assert pretrain_clip([shard_dir], final.parent, cfg,
                          on_step=lambda s, l: calls.append(s)) == final and not calls
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain_clip([shard_dir], final.parent, replace(cfg, lr=cfg.lr * 2))
 
 
-def test_resume_after_interruption(shard_dir, tmp_path):
+def test_resume_after_interruption_is_exact(shard_dir, tmp_path, pretrained):
+    """Interrupted after the step-3 checkpoint and resumed, the run ends with exactly the
+    weights of the uninterrupted ``pretrained`` run (same settings): data position, optimizer,
+    schedule and RNG all continue."""
     cfg = get_profile("test")
     out = tmp_path / "run"
     seen: list[int] = []
@@ -146,16 +161,15 @@ def test_resume_after_interruption(shard_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         pretrain_clip([shard_dir], out, cfg, on_step=killer)
-    saved = torch.load(out / CKPT_NAME, weights_only=False)
-    assert saved["step"] == 3 and seen == [1, 2, 3, 4]
+    assert (out / "checkpoints" / "latest").read_text() == "step00000003" and seen == [1, 2, 3, 4]
+    assert not (out / "model.safetensors").exists()
     resumed: list[int] = []
     final = pretrain_clip([shard_dir], out, cfg, on_step=lambda s, l: resumed.append(s))
     assert resumed == [4, 5, 6]
-    assert torch.load(out / CKPT_NAME, weights_only=False)["step"] == cfg.steps
-    model, *_ = create_clip(cfg.model, weights=final)  # strict load of the resumed result
-    # optimiser state continued (AdamW step counter is 6, not 3)
-    opt_state = torch.load(out / CKPT_NAME, weights_only=False)["optimizer"]["state"]
-    assert int(next(iter(opt_state.values()))["step"]) == cfg.steps
+    reference, got = load_file(pretrained[0]), load_file(final)
+    assert max((reference[k] - got[k]).abs().max().item() for k in reference) == 0.0
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain_clip([shard_dir], tmp_path / "fresh", replace(cfg, resume="require"))
 
 
 def test_finetune_and_evaluate_both_arms(shard_dir, pretrained):
@@ -171,6 +185,27 @@ def test_finetune_and_evaluate_both_arms(shard_dir, pretrained):
         assert 0 <= m["accuracy"] <= 1 and sum(map(sum, m["confusion_matrix"])) == len(test)
     zs = zero_shot_eval(final, test, CLASSES, TEMPLATES)
     assert set(zs["sensitivity"]) == set(CLASSES)
+    assert zero_shot_eval(final.parent, test, CLASSES, TEMPLATES) == zs  # run dir works too
+
+
+def test_finetune_modes_and_freezing(shard_dir, pretrained):
+    """linear-probe trains only the head; image:1 freezing keeps all but the last layer group;
+    contrastive tunes both towers and classifies zero-shot with the tuned text tower."""
+    final, cfg = pretrained
+    train, test = load_split(shard_dir, "train"), load_split(shard_dir, "test")
+    start = load_file(final)
+    probe = finetune_classifier(final, train, CLASSES, TEMPLATES,
+                                replace(cfg, ft_mode="linear-probe"))
+    assert all(torch.equal(v, start[f"visual.{k}"]) for k, v in probe.visual.state_dict().items())
+    part = finetune_classifier(final, train, CLASSES, TEMPLATES, replace(cfg, ft_freeze=("image:1",)))
+    vis = part.visual.state_dict()
+    assert torch.equal(vis["conv1.weight"], start["visual.conv1.weight"])  # locked
+    assert not torch.equal(vis["proj"], start["visual.proj"])  # last group trained
+    con = finetune_classifier(final, train, CLASSES, TEMPLATES, replace(cfg, ft_mode="contrastive"))
+    assert isinstance(con, ZeroShotClassifier)
+    assert 0 <= evaluate_classifier(con, test, CLASSES, n_bootstrap=20)["accuracy"] <= 1
+    with pytest.raises(ValueError, match="contrastive"):
+        finetune_classifier(final, train, CLASSES, TEMPLATES, replace(cfg, ft_freeze=("text",)))
 
 
 def test_zero_shot_head_reproduces_clip_logits():

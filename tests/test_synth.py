@@ -8,6 +8,7 @@ import pytest
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from medfake.engine.dataset import DatasetInfo, load_split
+from medfake.engine.inpainting import MaskSpec, mask_geometry, render_mask
 from medfake.engine.sampler import Sampler, SamplerConfig, TorchBackend, make_scheduler
 from medfake.engine.sd_model import init_model, load_components
 from medfake.pipelines.synth import PlanMismatchError, SynthConfig, synthesize
@@ -78,3 +79,69 @@ def test_changed_parameters_are_refused(model_dir, small_world, tmp_path):
         synthesize(_cfg(model_dir, hospital, tmp_path / "syn", per_class=1, guidance_scale=7.0))
     plan = json.loads((tmp_path / "syn" / "synth_plan.json").read_text())
     assert plan["guidance_scale"] == 4.0
+
+
+def _inputs(n=2, size=32):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = np.stack([render_mask(mask_geometry(MaskSpec(), size, size, rng), size, size)
+                      for _ in range(n)])
+    return ["a CT image of a liver cyst", "a CT image of a liver metastasis"][:n], images, masks
+
+
+def _stock_inpaint(comps, sampler, prompts, images, masks, **kw):
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+    pipe = StableDiffusionInpaintPipeline(
+        vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer,
+        unet=comps.unet, scheduler=DPMSolverMultistepScheduler.from_config(comps.scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompts, image=[Image.fromarray(i) for i in images],
+                mask_image=[Image.fromarray((m * 255).astype(np.uint8)) for m in masks],
+                height=32, width=32, num_inference_steps=3, guidance_scale=4.0,
+                latents=sampler.initial_latents([1, 2]), output_type="np", **kw).images
+
+
+@pytest.fixture(scope="module")
+def inpaint_model_dir(tmp_path_factory):
+    return init_model("tiny-inpaint", tmp_path_factory.mktemp("model") / "inpaint", seed=0)
+
+
+def test_conditioned_sampling_matches_stock_inpaint_pipeline(model_dir, inpaint_model_dir,
+                                                             monkeypatch):
+    """9-channel UNet: masked-image latents as extra input; 4-channel UNet: latent blending
+    with the noised original; both as diffusers' StableDiffusionInpaintPipeline."""
+    import torch
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as P
+    prompts, images, masks = _inputs()
+    cfg = SamplerConfig(scheduler="dpm++", steps=3, guidance_scale=4.0, height=32, width=32)
+    for path in (inpaint_model_dir, model_dir):
+        comps = load_components(path)
+        sampler = Sampler(TorchBackend(comps), comps.tokenizer, comps.scheduler.config, cfg)
+        ours = sampler.generate_conditioned(prompts, [1, 2], images, masks, output="float",
+                                            keep_known=False)
+        x = torch.from_numpy(images).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+        if comps.unet.config.in_channels == 9:   # hand the pipeline our (mean) latents
+            kw = {"masked_image_latents": sampler.encode_images(
+                x * (torch.from_numpy(masks)[:, None] < 0.5))}
+        else:   # the pipeline samples the VAE posterior; ours takes its mean
+            orig = P.retrieve_latents
+            monkeypatch.setattr(P, "retrieve_latents", lambda out, generator=None,
+                                sample_mode="sample": orig(out, generator, "argmax"))
+            kw = {}
+        ref = _stock_inpaint(comps, sampler, prompts, images, masks, **kw)
+        assert np.abs(ref - ours).max() < 1e-4
+        kept = sampler.generate_conditioned(prompts, [1, 2], images, masks)
+        assert np.array_equal(kept[masks < 0.5], images[masks < 0.5])
+        assert not np.array_equal(kept[masks >= 0.5], images[masks >= 0.5])
+
+
+def test_conditioned_sampling_on_onnx_runtime(inpaint_model_dir):
+    from medfake.engine.backends import load_model
+    prompts, images, masks = _inputs()
+    cfg = SamplerConfig(scheduler="euler-a", steps=3, guidance_scale=4.0, height=32, width=32)
+    out = [load_model(str(inpaint_model_dir), b, **kw).sampler(cfg).generate_conditioned(
+        prompts, [1, 2], images, masks, output="float", keep_known=False)
+        for b, kw in (("onnx", {"threads": 1}), ("torch", {}))]
+    assert np.abs(out[0] - out[1]).max() < 1e-3

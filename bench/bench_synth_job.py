@@ -1,0 +1,163 @@
+"""The synthesis job end to end, and its shard writer.
+
+Group ``synthesis job``: images per second *written to disk*, same model (the ``tiny`` preset),
+prompts, scheduler (DPM++), steps, guidance, batch and thread count (2):
+
+- ``baseline``: the stock diffusers ``StableDiffusionPipeline`` followed by a plain PIL save loop
+  (``Image.save(f"{i}.png")`` per image);
+- ``candidate`` (ONNX): ``medfake synth`` (``pipelines.synth.run_job``) on the ONNX Runtime
+  backend: plan, generation, PNG encoding and tar writing in the background pool, fsync +
+  rename + manifest per shard, ``dataset.json``;
+- ``candidate`` (torch): the same job on the PyTorch backend.
+
+Models are loaded once outside the timing (the stock pipeline's too); every round writes a fresh
+job. Group ``shard writer``: ``engine.shard_pool.ShardWriter`` (streamed, sha256, fsync,
+rename, manifest) vs a plain ``tarfile`` writer of the same encoded members (no fsync, hash or
+manifest).
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+from medfake.engine.backends import load_model
+from medfake.engine.dataset import DatasetInfo, Sample
+from medfake.engine.phantoms import PhantomConfig, make_phantom_world
+from medfake.engine.sampler import SamplerConfig
+from medfake.engine.sd_model import init_model
+from medfake.engine.shard_pool import ShardWriter, encode_sample
+from medfake.pipelines.synth import SynthConfig, plan_samples, run_job
+
+BATCH, STEPS, GUIDANCE, ROUNDS, THREADS = 8, 20, 4.0, 3, 2
+PER_CLASS, PER_SHARD = 16, 16          # 48 images (3 classes) in 3 shards per round
+JOB_GROUP = (f"synthesis job: images/s written to disk (tiny SD, {STEPS} DPM++ steps, CFG, "
+             f"batch {BATCH}, {THREADS} threads)")
+WRITER_GROUP = "shard writer: images/s of 32x32 PNG samples (256 per shard)"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(THREADS)
+    root = tmp_path_factory.mktemp("bench_job")
+    _, hospital = make_phantom_world(root / "world", PhantomConfig(
+        n_public_per_class=1, n_train_per_class=2, n_val_per_class=1, n_test_per_class=1))
+    return init_model("tiny", root / "tiny"), hospital, root
+
+
+def _job(benchmark, setup, backend: str, **opts):
+    model_dir, hospital, root = setup
+    sampler = load_model(str(model_dir), backend, **opts).sampler(
+        SamplerConfig("dpm++", STEPS, GUIDANCE, "", 32, 32))
+    dirs = (root / f"{backend}-{i}" for i in itertools.count())
+    results = []
+
+    def fresh():
+        for old in root.glob(f"{backend}-*"):
+            shutil.rmtree(old)
+        return (SynthConfig(str(model_dir), str(hospital), str(next(dirs)), per_class=PER_CLASS,
+                            steps=STEPS, guidance_scale=GUIDANCE, batch_size=BATCH,
+                            samples_per_shard=PER_SHARD, backend=backend, threads=THREADS),), {}
+
+    def run(cfg):
+        results.append(run_job(cfg, sampler=sampler))
+
+    run(*fresh()[0])  # warm-up
+    benchmark.pedantic(run, setup=fresh, rounds=ROUNDS)
+    last = results[-1]
+    assert last.complete and last.pool.images == 3 * PER_CLASS
+    benchmark.extra_info.update(per_round=3 * PER_CLASS, unit="img",
+                                backend_busy=round(last.backend_busy, 4),
+                                writer_stall_s=round(last.pool.stall_s, 4))
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_candidate_synth_job_onnx(benchmark, setup):
+    _job(benchmark, setup, "onnx", threads=THREADS)
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_candidate_synth_job_torch(benchmark, setup):
+    _job(benchmark, setup, "torch")
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_baseline_stock_pipeline_and_pil_save(benchmark, setup):
+    model_dir, hospital, root = setup
+    info = DatasetInfo.load(hospital)
+    cfg = SynthConfig(str(model_dir), str(hospital), "", per_class=PER_CLASS)
+    plan = plan_samples(cfg, info.class_names, info.prompt_templates)   # the job's prompts
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = root / "stock"
+    out.mkdir()
+
+    def run():
+        n = 0
+        for b in range(0, len(plan), BATCH):
+            batch = plan[b:b + BATCH]
+            gens = [torch.Generator().manual_seed(p["seed"]) for p in batch]
+            images = pipe([p["prompt"] for p in batch], height=32, width=32,
+                          num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=gens).images
+            for img in images:
+                img.save(out / f"{n:06d}.png")
+                n += 1
+        return n
+
+    run()  # warm-up
+    benchmark.extra_info.update(per_round=len(plan), unit="img")
+    assert benchmark.pedantic(run, rounds=ROUNDS) == 3 * PER_CLASS
+
+
+# ----------------------------------------------------------------------------- shard writer
+
+N_SHARDS, PER_WRITER_SHARD = 8, 256
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    rng = np.random.default_rng(0)
+    smooth = [np.clip(rng.normal(140, 25, (32, 32)), 0, 255).astype(np.uint8)
+              for _ in range(PER_WRITER_SHARD)]
+    return [(f"syn_cyst_{i:06d}", 0, encode_sample(Sample(
+        f"syn_cyst_{i:06d}", img, 0, "a CT image of a liver cyst",
+        {"source": "synthetic", "seed": 123456789 + i, "prompt": "a CT image of a liver cyst"})))
+        for i, img in enumerate(smooth)]
+
+
+@pytest.mark.benchmark(group=WRITER_GROUP)
+def test_candidate_shard_writer(benchmark, encoded, tmp_path):
+    def run():
+        for s in range(N_SHARDS):
+            w = ShardWriter(tmp_path, "train", s, ["cyst"])
+            for key, cls, members in encoded:
+                w.add(key, cls, members)
+            w.finish()
+
+    run()
+    benchmark.extra_info.update(per_round=N_SHARDS * PER_WRITER_SHARD, unit="img")
+    benchmark.pedantic(run, rounds=5)
+
+
+@pytest.mark.benchmark(group=WRITER_GROUP)
+def test_baseline_plain_tarfile(benchmark, encoded, tmp_path):
+    def run():
+        for s in range(N_SHARDS):
+            with tarfile.open(tmp_path / f"train-{s:06d}.tar", "w") as tar:
+                for key, _, members in encoded:
+                    for ext, data in members:
+                        info = tarfile.TarInfo(f"{key}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+
+    run()
+    benchmark.extra_info.update(per_round=N_SHARDS * PER_WRITER_SHARD, unit="img")
+    benchmark.pedantic(run, rounds=5)
+

@@ -1,0 +1,225 @@
+"""``medfake data import``: scan, de-identify, split and write dataset shards, resumably.
+
+The job is planned up front: the source is scanned (headers only), every item gets its
+pseudonymous key, patient id and split, and each split's items are cut, in a seeded order that
+mixes classes and patients, into shards of ``samples_per_shard``. A fingerprint of the plan is
+kept in ``import_job.json``; re-running the same import after a kill writes only the shards
+that are missing, and an import of different data or settings into the same directory is
+refused. Items that cannot be read are skipped, counted per reason (``dataset.json``
+provenance) and warned about at a limited rate; their source paths are returned to the caller
+(``ImportResult.skipped_refs``) but never logged or written, since paths may name patients.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..dataset import (DatasetError, Sample, SkipLog, _atomic_write_json, finalize_dataset,
+                       list_shards, sha256_file, shard_name, write_shard)
+from ..deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
+from .config import ImportConfig, class_phrase, prompt_templates, slug
+from .imaging import fit_size, set_channels
+from .sources import Item, ReadSkip, Scan, make_source
+from .splits import assign_splits, check_given_splits, groups_per_split
+
+log = logging.getLogger(__name__)
+JOB_FILE = "import_job.json"
+
+
+@dataclass
+class ImportResult:
+    """What an import wrote. ``skipped_refs`` holds source paths: show them only on request."""
+
+    out: Path
+    counts: dict[str, int]
+    skipped: dict[str, int]
+    skipped_refs: list[tuple[str, str]]
+    split_method: str
+
+
+def _stable_int(*parts: object) -> int:
+    """A stable 63-bit integer from parts (``engine.seeding.derive_seed``'s recipe, without
+    importing torch into the importer)."""
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _decide_size(size: int | None, shapes: Counter) -> int:
+    if size:
+        return size
+    if len(shapes) == 1:
+        (h, w), = shapes
+        if h == w:
+            return int(h)
+    common = ", ".join(f"{h}x{w} ({n})" for (h, w), n in shapes.most_common(3))
+    raise ValueError(f"the source images are not all one square size (most common: {common}); "
+                     f"pass --size N, and --resize crop|pad for non-square images")
+
+
+def _keys(items: list[Item], scan: Scan, source: Any, pz: Pseudonymizer) -> list[str]:
+    if scan.readable_keys:
+        stem = source.key_stem()
+        return [f"{stem}_{it.split}_{int(it.ref.split('/')[1]):06d}" for it in items]
+    keys = [f"{'dcm' if it.kind == 'dicom' else 'img'}_{pz.pseudonym('ref', it.ref)}"
+            + (f"_{it.frame}" if it.frame else "") for it in items]
+    first: dict[str, str] = {}
+    for k, it in zip(keys, items):
+        if k in first:
+            raise DatasetError(f"{first[k]} and {it.where} are the same image file; list each "
+                               f"image once")
+        first[k] = it.where
+    return keys
+
+
+def _assign_splits(items: list[Item], patients: list[str | None], groups: list[str],
+                   cfg: ImportConfig) -> tuple[list[str], str]:
+    """A split per item (the source's own, checked, or a seeded grouped split) and how."""
+    what = "patient" if any(patients) else "image group"
+    if all(it.split for it in items):
+        splits = [str(it.split) for it in items]
+        check_given_splits(splits, groups, [it.where for it in items], what)
+        method = "the source's own splits"
+    else:
+        splits = assign_splits([it.label for it in items], groups, cfg.val_fraction,
+                               cfg.test_fraction, cfg.seed, what)
+        method = f"seeded stratified split, grouped by {what}"
+        if what == "patient" and not all(patients):
+            method += " (content hash or DICOM series where no patient id)"
+    for it, s in zip(items, splits):
+        it.split = s
+    return splits, method
+
+
+def _cut_shards(splits: list[str], cfg: ImportConfig) -> list[tuple[str, int, list[int]]]:
+    """``(split, shard index, item indices)``; each split in a seeded order that mixes classes
+    and patients across shards."""
+    shards = []
+    for split in sorted(set(splits)):
+        idx = [i for i, s in enumerate(splits) if s == split]
+        rng = np.random.default_rng(_stable_int(cfg.seed, "import-order", split))
+        idx = [idx[j] for j in rng.permutation(len(idx))]
+        for n, start in enumerate(range(0, len(idx), cfg.samples_per_shard)):
+            shards.append((split, n, idx[start:start + cfg.samples_per_shard]))
+    return shards
+
+
+def _plan_fingerprint(cfg: ImportConfig, salt_id: str, plan: list[tuple[str, list[list]]]) -> str:
+    blob = json.dumps({"config": cfg.public(), "salt_id": salt_id, "plan": plan}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _open_job(out: Path, fingerprint: str) -> dict[str, Any]:
+    path = out / JOB_FILE
+    if path.is_file():
+        job = json.loads(path.read_text())
+        if job.get("fingerprint") != fingerprint:
+            raise DatasetError(f"{out} holds an import of other data or with other settings "
+                               f"(the source files, options or salt differ). Use a new --out, or "
+                               f"delete {out} to start over.")
+        return job
+    if (out / "dataset.json").exists() or any(out.glob("*.tar")):
+        raise DatasetError(f"{out} already holds a dataset not written by this import; choose "
+                           f"an empty --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"fingerprint": fingerprint, "skipped": {}}
+    _atomic_write_json(path, job)
+    return job
+
+
+def _shard_done(out: Path, name: str) -> bool:
+    for rec in list_shards(out, name.split("-")[0]):
+        if rec.name == name:
+            return sha256_file(out / name) == rec.sha256
+    return False
+
+
+def import_dataset(cfg: ImportConfig) -> ImportResult:
+    """Run (or resume) one import; see the module docstring and ``ImportConfig``."""
+    with quiet_source_parsers():
+        return _import(cfg)
+
+
+def _import(cfg: ImportConfig) -> ImportResult:
+    out = Path(cfg.out)
+    pz = Pseudonymizer(load_salt(cfg.salt_file))
+    source = make_source(cfg)
+    scan = source.scan()
+    skipped_refs = list(scan.skipped)
+    scan_skips = Counter(reason.split(" ")[0] for _, reason in scan.skipped)
+    if not scan.items:
+        raise DatasetError(f"the {cfg.source} source holds no importable images "
+                           f"(skipped: {dict(scan_skips) or 'none found'})")
+    size = _decide_size(cfg.size, scan.shapes)
+    channels = cfg.channels or (3 if scan.color else 1)
+    names = [slug(n) for n in scan.class_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names {scan.class_names} collide after making them key-safe "
+                         f"({names}); rename the classes")
+    templates = prompt_templates(names, [class_phrase(n) for n in scan.class_names],
+                                 cfg.modality or scan.modality or "medical", cfg.templates)
+
+    items = scan.items
+    patients = [pz.patient(it.patient) if it.patient else None for it in items]
+    groups = [p or "g-" + pz.pseudonym("group", it.group or it.ref)
+              for p, it in zip(patients, items)]
+    splits, method = _assign_splits(items, patients, groups, cfg)
+    keys = _keys(items, scan, source, pz)
+    shards = _cut_shards(splits, cfg)
+    plan = [(shard_name(s, n), [[keys[i], items[i].label] for i in chunk])
+            for s, n, chunk in shards]
+    job = _open_job(out, _plan_fingerprint(cfg, pz.salt_id, plan))
+
+    todo = [sh for sh in shards if not _shard_done(out, shard_name(sh[0], sh[1]))]
+    log.info("import: %d images, %d classes, split by %s; %d of %d shards to write",
+             len(items), len(names), method, len(todo), len(shards))
+    skips = SkipLog("import", logger=log)
+    bar = tqdm(total=sum(len(c) for *_, c in todo), desc="import", unit="img")
+    for split, n, chunk in todo:
+        before = Counter(skips.counts)
+        samples = []
+        for i in chunk:
+            bar.update(1)
+            try:
+                image, meta = source.read(items[i])
+            except ReadSkip as e:
+                skips.skip(e.reason, items[i].where, e.detail)
+                skipped_refs.append((items[i].ref, e.reason))
+                continue
+            image = set_channels(fit_size(image, size, cfg.resize), channels)
+            caps = templates[names[items[i].label]]
+            meta = {**meta, "source": f"import:{cfg.source}", "split": split,
+                    "class_name": names[items[i].label], "image_sha256": pixel_sha256(image),
+                    **({"patient_id": patients[i]} if patients[i] else {})}
+            samples.append(Sample(keys[i], image, items[i].label,
+                                  caps[_stable_int(cfg.seed, keys[i]) % len(caps)], meta))
+            skips.ok()
+        write_shard(out, split, n, samples, names)
+        job["skipped"][shard_name(split, n)] = dict(skips.counts - before)
+        _atomic_write_json(out / JOB_FILE, job)
+    bar.close()
+
+    skipped = Counter(scan_skips)
+    for c in job["skipped"].values():
+        skipped.update(c)
+    provenance = {
+        "importer": cfg.source, "settings": cfg.public(), "split_method": method,
+        "groups_per_split": groups_per_split(splits, groups),
+        "deid": {"method": "HMAC-SHA256 pseudonyms (64 bit) of patient ids and file "
+                           "references; DICOM attributes by allow-list", "salt_id": pz.salt_id},
+        "skipped": dict(skipped)}
+    info = finalize_dataset(out, names, templates, provenance, size, channels)
+    counts = {s: v["count"] for s, v in info["splits"].items()}
+    if skipped:
+        log.warning("import: skipped %d source item(s): %s (paths are not logged; `medfake data "
+                    "import ... --show-skipped` prints them)", sum(skipped.values()),
+                    ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
+    log.info("import: wrote %s", ", ".join(f"{s} {c}" for s, c in counts.items()))
+    return ImportResult(out, counts, dict(skipped), skipped_refs, method)

@@ -1,0 +1,161 @@
+"""ONNX export, the ONNX Runtime backend, TensorRT build planning, capability errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from medfake.engine import capabilities as cap
+from medfake.engine.backends import load_model, resolve_backend
+from medfake.engine.sampler import SamplerConfig
+from medfake.engine.sd_model import init_model
+from medfake.export import onnx_export
+from medfake.export.components import SPECS, ModelGeometry
+from medfake.export.manifest import ExportError, ExportManifest
+from medfake.export.onnx_export import OnnxExportConfig, export_onnx
+from medfake.export.tensorrt_build import (TensorRTBuildConfig, build_engines,
+                                           component_batches, engine_cache_key, profile_shapes)
+from medfake.pipelines.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    return init_model("tiny", d / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    return export_onnx(str(tiny), str(tmp_path_factory.mktemp("onnx") / "export"))
+
+
+def test_export_writes_validated_graphs_and_manifest(exported, tiny):
+    m = ExportManifest.load(exported, kind="onnx")
+    assert set(m.components) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    from medfake.engine.sd_model import model_hash
+    assert m.source_hash == model_hash(tiny)
+    for name, entry in m.components.items():
+        onnx.checker.check_model(str(exported / entry["file"]))
+        assert [r["batch"] for r in entry["validation"]] == [1, 3]
+        assert all(r["ok"] and r["max_abs"] < 1e-4 for r in entry["validation"]), name
+        assert entry["opset"] == 17 and entry["tolerance"]["atol"] == 1e-4
+        graph = onnx.load(str(exported / entry["file"])).graph
+        assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch
+    assert (exported / "tokenizer").is_dir() and (exported / "scheduler").is_dir()
+
+
+def test_onnx_backend_matches_torch_images(exported, tiny):
+    cfg = SamplerConfig("dpm++", 8, 4.0, "", 32, 32)
+    prompts, seeds = ["a CT image of a cyst", "a CT image of a hemangioma"], [3, 4]
+    ref = load_model(str(tiny), "torch").sampler(cfg).generate(prompts, seeds, output="float")
+    onnx_model = load_model(str(exported), "onnx")
+    assert onnx_model.backend_name == "onnx" and onnx_model.details["providers"] == [
+        "CPUExecutionProvider"]
+    got = onnx_model.sampler(cfg).generate(prompts, seeds, output="float")
+    assert got.shape == ref.shape == (2, 32, 32, 3)
+    assert np.abs(got - ref).max() < 1e-3
+
+
+def test_onnx_backend_from_model_dir_exports_once_into_cache(tiny, exported, monkeypatch):
+    calls = []
+    real = onnx_export.export_onnx
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = load_model(str(tiny), "onnx", )
+    second = load_model(str(tiny), "onnx")
+    assert len(calls) <= 1 and first.details["export_dir"] == second.details["export_dir"]
+    assert ExportManifest.load(first.details["export_dir"]).source_hash == first.model_hash
+
+
+def test_inpainting_unet_fp16_and_external_data(tmp_path):
+    d = init_model("tiny-inpaint", tmp_path / "inpaint", seed=1)
+    out = export_onnx(str(d), str(tmp_path / "x16"),
+                      OnnxExportConfig(precision="fp16", components=("unet",),
+                                       external_data_threshold=0))
+    m = ExportManifest.load(out)
+    assert m.geometry.unet_in_channels == 9 and m.precision == "fp16"
+    entry = m.components["unet"]
+    assert entry["external_data"] and (out / "unet" / "model.onnx.data").is_file()
+    assert all(r["ok"] for r in entry["validation"])
+    assert max(r["max_abs"] for r in entry["validation"]) > 1e-6  # really computed in fp16
+
+
+def test_export_over_tolerance_fails_and_writes_no_manifest(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(onnx_export.TOLERANCE, "fp32", (0.0, 0.0))
+    with pytest.raises(ExportError, match="vae_decoder does not match PyTorch"):
+        export_onnx(str(tiny), str(tmp_path / "bad"), OnnxExportConfig(components=("vae_decoder",)))
+    assert not (tmp_path / "bad" / "export_manifest.json").exists()
+
+
+def test_export_config_and_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="opset <= 20"):
+        OnnxExportConfig(opset=23).check()
+    with pytest.raises(ValueError, match="unknown components"):
+        OnnxExportConfig(components=("clip",)).check()
+    with pytest.raises(ExportError, match="medfake export onnx"):
+        ExportManifest.load(tmp_path)
+
+
+def test_tensorrt_profiles_cache_keys_and_cpu_refusal(exported, tmp_path):
+    cfg = TensorRTBuildConfig.from_cli("2:4:8")
+    geom = ExportManifest.load(exported).geometry
+    assert component_batches("unet", cfg) == (2, 8, 16)  # CFG doubles the UNet batch
+    assert component_batches("text_encoder", cfg) == (1, 4, 8)
+    shapes = profile_shapes("unet", geom, cfg)
+    assert shapes["sample"] == ((2, 4, 8, 8), (8, 4, 8, 8), (16, 4, 8, 8))
+    assert shapes["encoder_hidden_states"][2] == (16, 32, 64) and shapes["timestep"][0] == ()
+    assert profile_shapes("vae_decoder", geom, cfg)["latent"][2] == (8, 4, 8, 8)
+    k = engine_cache_key("abc", "A100", "10.9", cfg, shapes)
+    assert k != engine_cache_key("abc", "H100", "10.9", cfg, shapes)
+    assert k != engine_cache_key("abc", "A100", "11.4", cfg, shapes)
+    with pytest.raises(ValueError, match="MIN:OPT:MAX"):
+        TensorRTBuildConfig.from_cli("8")
+    with pytest.raises(ValueError, match="MIN <= OPT <= MAX"):
+        TensorRTBuildConfig.from_cli("8:4:16")
+    if not cap.tensorrt().available or not cap.cuda().available:
+        with pytest.raises(cap.CapabilityError, match="TensorRT"):
+            build_engines(str(exported), str(tmp_path / "trt"), cfg)
+        assert not (tmp_path / "trt" / "export_manifest.json").exists()
+
+
+def test_gpu_backends_and_providers_fail_clearly_without_gpu(exported):
+    if cap.cuda().available:
+        pytest.skip("this machine has a GPU; the CPU-refusal paths do not apply")
+    from medfake.engine.backends.ort_backend import select_providers
+    assert select_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(cap.CapabilityError, match="CUDA GPU"):
+        select_providers("cuda")
+    with pytest.raises(cap.CapabilityError, match="tensorrt"):
+        load_model(str(exported), "tensorrt")
+    assert resolve_backend("auto") in ("onnx", "torch")
+    from medfake.kernels.attention import resolve_attention
+    with pytest.raises(RuntimeError, match="xformers"):
+        resolve_attention("xformers", "cpu")
+
+
+def test_cli_export_doctor_and_synth_on_onnx(tiny, exported, small_world, tmp_path, capsys):
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "synthesis (--backend auto)" in out
+    with pytest.raises(SystemExit) as e:
+        main(["export", "onnx", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "medfake: error:" in capsys.readouterr().err
+    _, hospital = small_world
+    main(["synth", "--model", str(exported), "--real", str(hospital), "--out",
+          str(tmp_path / "syn"), "--per-class", "2", "--steps", "3", "--backend", "onnx"])
+    from medfake.engine.dataset import load_split
+    syn = load_split(tmp_path / "syn", "train")
+    assert len(syn.keys) == 6 and all(m["backend"] == "onnx" for m in syn.metas)
+    from medfake.engine.sd_model import model_hash
+    assert {m["model_hash"] for m in syn.metas} == {model_hash(tiny)}
+    plan = json.loads((tmp_path / "syn" / "synth_plan.json").read_text())
+    assert plan["backend"] == "onnx"
+
+
+def test_component_specs_cover_the_geometry():
+    g = ModelGeometry(32, 3, 4, 4, 0.18215, 9, 77, 768)
+    assert SPECS["unet"].shapes(g, 2)["sample"] == [2, 9, 8, 8]
+    assert SPECS["vae_encoder"].shapes(g, 2)["image"] == [2, 3, 32, 32]
+    assert SPECS["text_encoder"].shapes(g, 5)["input_ids"] == [5, 77]
