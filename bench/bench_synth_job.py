@@ -1,7 +1,8 @@
 """The synthesis job end to end, and its shard writer.
 
 Group ``synthesis job``: images per second *written to disk*, same model (the ``tiny`` preset),
-prompts, scheduler (DPM++), steps, guidance, batch and thread count (2):
+prompts, scheduler (DPM++), steps, guidance, batch and thread count (2, or
+``$MEDFAKE_BENCH_THREADS``):
 
 - ``baseline``: the stock diffusers ``StableDiffusionPipeline`` followed by a plain PIL save loop
   (``Image.save(f"{i}.png")`` per image);
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import shutil
 import tarfile
 
@@ -35,7 +37,11 @@ from medfake.engine.sd_model import init_model
 from medfake.engine.shard_pool import ShardWriter, encode_sample
 from medfake.pipelines.synth import SynthConfig, plan_samples, run_job
 
-BATCH, STEPS, GUIDANCE, ROUNDS, THREADS = 8, 20, 4.0, 3, 2
+BATCH, STEPS, GUIDANCE, ROUNDS = 8, 20, 4.0, 3
+# Threads of both sides (torch intra-op / ORT intra-op). 2 on an idle 2-core machine; on a shared
+# one use 1: torch's OpenMP threads collapse when another process holds a core (measured 1.4 vs
+# 7-9 img/s for the stock pipeline at 2 vs 1 threads under load), which would inflate the ratio.
+THREADS = int(os.environ.get("MEDFAKE_BENCH_THREADS", "2"))
 PER_CLASS, PER_SHARD = 16, 16          # 48 images (3 classes) in 3 shards per round
 JOB_GROUP = (f"synthesis job: images/s written to disk (tiny SD, {STEPS} DPM++ steps, CFG, "
              f"batch {BATCH}, {THREADS} threads)")

@@ -359,16 +359,12 @@ class DeepSpeedEngine(TrainEngine):
         groups = param_groups(model, cfg.weight_decay)
         optimizer = make_adamw(groups, cfg)
         schedule = cosine_with_warmup(cfg.warmup, cfg.total_steps)
-        # DeepSpeed reads LOCAL_RANK even for a single process started without a launcher
-        own_local_rank = "LOCAL_RANK" not in os.environ
+        # DeepSpeed reads LOCAL_RANK throughout (ZeRO-3 even in forward), also in a single
+        # process started without a launcher
         os.environ.setdefault("LOCAL_RANK", "0")
-        try:
-            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                model=model.to(device), optimizer=optimizer, config=self.ds_config,
-                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
-        finally:
-            if own_local_rank:
-                del os.environ["LOCAL_RANK"]
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model.to(device), optimizer=optimizer, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
         self.module = self.engine.module
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             cfg.precision, torch.float32)
@@ -426,6 +422,8 @@ def build_engine(model: nn.Module, cfg: EngineConfig, device: torch.device,
         raise ValueError(f"unknown precision {cfg.precision!r}; choose one of {PRECISIONS}")
     if cfg.grad_accum < 1:
         raise ValueError("--grad-accum must be at least 1")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
     if cfg.backend == "torch":
         if world_size > 1:
             raise ValueError("the single-process engine cannot run on several ranks; add "

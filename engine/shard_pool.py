@@ -36,6 +36,31 @@ Curate = Callable[[list[Sample]], tuple[list[Sample], list[dict[str, Any]]]]
 _NUL_BLOCK = b"\0" * tarfile.BLOCKSIZE
 
 
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    info.uname = info.gname = "medfake"
+    return info
+
+
+_TEMPLATE = _tar_info("x", 0).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte header ``tarfile`` writes for a member of ``write_shard``'s shards (same
+    bytes as ``TarInfo.tobuf``), built from a template: ~6x faster than ``tobuf``, which is most
+    of a shard writer's CPU time. Names that are not short ASCII and huge sizes take ``tobuf``."""
+    raw = name.encode("ascii", "replace")
+    if len(raw) > 99 or not name.isascii() or size >= 8 ** 11:
+        return _tar_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    buf = bytearray(_TEMPLATE)
+    buf[0:100] = raw.ljust(100, b"\0")
+    buf[124:136] = b"%011o\0" % size
+    buf[148:156] = b"        "
+    buf[148:155] = b"%06o\0" % sum(buf)
+    return bytes(buf)
+
+
 class ShardWriter:
     """One shard, streamed: ``add`` samples (encoded members), then ``finish`` or ``abort``."""
 
@@ -61,10 +86,7 @@ class ShardWriter:
         if "." in key or "/" in key:
             raise DatasetError(f"sample key {key!r} must not contain '.' or '/'")
         for ext, data in members:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mode, info.mtime = len(data), 0o444, 0
-            info.uname = info.gname = "medfake"
-            self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            self._write(tar_header(f"{key}.{ext}", len(data)))
             self._write(data)
             if len(data) % tarfile.BLOCKSIZE:
                 self._write(b"\0" * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))

@@ -184,16 +184,17 @@ def _check_resumable(out: Path, settings: dict) -> None:
                          + "); resume with the same command or use another --out")
 
 
-def _finished(out: Path, cfg: ClipTrainConfig) -> bool:
+def _finished(out: Path, cfg: ClipTrainConfig, sources: list) -> bool:
     f = out / CONFIG_NAME
     if not (out / WEIGHTS_NAME).is_file() or not f.is_file():
         return False
     meta = json.loads(f.read_text())
     old = meta.get("settings") or {}
-    if not meta.get("finished") or old.get("model") != cfg.model:
+    if not meta.get("finished"):
         return False
-    same = all(old.get(k) == json.loads(json.dumps(getattr(cfg, k))) for k in _RESUME_KEYS)
-    if not same:
+    ours = {**{k: getattr(cfg, k) for k in _RESUME_KEYS},
+            "sources": [[s.name, s.weight, len(s.urls)] for s in sources]}
+    if any(old.get(k) != json.loads(json.dumps(v)) for k, v in ours.items()):
         raise ValueError(f"{out} holds a finished {old.get('model')} run with other settings; "
                          f"use another --out or delete it")
     return True
@@ -222,7 +223,8 @@ def pretrain_clip(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pat
     _validate(cfg)
     out = Path(out_dir)
     final = out / WEIGHTS_NAME
-    if _finished(out, cfg):
+    sources = load_sources(shard_dirs, cfg.mix, cfg.split)
+    if _finished(out, cfg, sources):
         if cfg.resume == "never":
             raise ValueError(f"{out} holds a finished run; use another --out or delete it")
         log.info("%s already trained", out)
@@ -231,7 +233,6 @@ def pretrain_clip(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pat
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     D.barrier()
-    sources = load_sources(shard_dirs, cfg.mix, cfg.split)
     spe = steps_per_epoch(sources, cfg.batch_size * cfg.grad_accum * env.world_size)
     total = cfg.epochs * spe if cfg.epochs > 0 else cfg.steps
     settings = _run_settings(cfg, backend, env.world_size, sources)

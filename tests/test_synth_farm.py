@@ -20,7 +20,7 @@ from medfake.engine.dataset import (DatasetInfo, Sample, iter_tar_samples, load_
                                     sha256_file, write_shard)
 from medfake.engine.inpainting import render_mask, resize_image
 from medfake.engine.sd_model import init_model
-from medfake.engine.shard_pool import ShardPool, ShardWriter, encode_sample
+from medfake.engine.shard_pool import ShardPool, ShardWriter, encode_sample, tar_header
 from medfake.engine.synth_plan import (Segment, SynthPlan, open_plan, resolve_rank)
 from medfake.pipelines.cli import main
 from medfake.pipelines.synth import (PlanMismatchError, SynthConfig, plan_samples, run_job,
@@ -315,6 +315,13 @@ def test_shard_writer_equals_write_shard_and_pool_errors_hide_partial_shards(tmp
     assert (tmp_path / "b" / "train-000000.tar").read_bytes() == \
         (tmp_path / "a" / "train-000000.tar").read_bytes()
     assert rec.sha256 == json.loads((tmp_path / "a" / "train-000000.json").read_text())["sha256"]
+    for name in ("syn_cyst_000001.png", "k" * 99 + ".json", "k" * 120 + ".png", "é.txt"):
+        for size in (0, 511, 512, 10 ** 9):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o444, 0, \
+                "medfake", "medfake"
+            assert tar_header(name, size) == info.tobuf(tarfile.PAX_FORMAT, "utf-8",
+                                                        "surrogateescape")
 
     def failing(batch):
         raise RuntimeError("curation failed")
