@@ -38,6 +38,7 @@ setup(
         "peft>=0.17",  # DreamBooth LoRA adapters (diffusers' LoRA loaders use it)
         "deepspeed>=0.14",
         "tensorboard",
+        "timm>=1.0",  # ResNet-18 / EfficientNetV2 downstream classifiers (engine/classifiers.py)
     ],
     extras_require={
         # onnxruntime and onnxruntime-gpu both own the `onnxruntime` module: pick exactly one extra.

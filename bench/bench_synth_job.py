@@ -12,9 +12,13 @@ prompts, scheduler (DPM++), steps, guidance, batch and thread count (2, or
 - ``candidate`` (torch): the same job on the PyTorch backend.
 
 Models are loaded once outside the timing (the stock pipeline's too); every round writes a fresh
-job. Group ``shard writer``: ``engine.shard_pool.ShardWriter`` (streamed, sha256, fsync,
-rename, manifest) vs a plain ``tarfile`` writer of the same encoded members (no fsync, hash or
-manifest).
+job of 48 images in 3 shards. Group ``shard writer``: ``engine.shard_pool.ShardWriter``
+(streamed, sha256, fsync, rename, manifest) vs a plain ``tarfile`` writer of the same encoded
+members (no fsync, hash or manifest).
+
+On a shared machine, ``python bench/bench_synth_job.py [THREADS] [ROUNDS]`` runs the three job
+variants in interleaved rounds (A, B, C, A, B, C, ...) so load changes hit all alike, and prints
+median images/s and the ratios.
 """
 from __future__ import annotations
 
@@ -22,20 +26,25 @@ import io
 import itertools
 import os
 import shutil
+import statistics
+import sys
 import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from medfake.engine.backends import load_model
 from medfake.engine.dataset import DatasetInfo, Sample
 from medfake.engine.phantoms import PhantomConfig, make_phantom_world
-from medfake.engine.sampler import SamplerConfig
 from medfake.engine.sd_model import init_model
 from medfake.engine.shard_pool import ShardWriter, encode_sample
-from medfake.pipelines.synth import SynthConfig, plan_samples, run_job
+from medfake.engine.sampler_streams import threads_per_stream
+from medfake.pipelines.synth import SynthConfig, load_samplers, plan_samples, run_job
 
 BATCH, STEPS, GUIDANCE, ROUNDS = 8, 20, 4.0, 3
 # Threads of both sides (torch intra-op / ORT intra-op). 2 on an idle 2-core machine; on a shared
@@ -43,69 +52,60 @@ BATCH, STEPS, GUIDANCE, ROUNDS = 8, 20, 4.0, 3
 # 7-9 img/s for the stock pipeline at 2 vs 1 threads under load), which would inflate the ratio.
 THREADS = int(os.environ.get("MEDFAKE_BENCH_THREADS", "2"))
 PER_CLASS, PER_SHARD = 16, 16          # 48 images (3 classes) in 3 shards per round
+N_IMAGES = 3 * PER_CLASS
 JOB_GROUP = (f"synthesis job: images/s written to disk (tiny SD, {STEPS} DPM++ steps, CFG, "
              f"batch {BATCH}, {THREADS} threads)")
 WRITER_GROUP = "shard writer: images/s of 32x32 PNG samples (256 per shard)"
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.set_num_threads(THREADS)
-    root = tmp_path_factory.mktemp("bench_job")
+def make_world(root: Path) -> tuple[Path, Path]:
     _, hospital = make_phantom_world(root / "world", PhantomConfig(
         n_public_per_class=1, n_train_per_class=2, n_val_per_class=1, n_test_per_class=1))
-    return init_model("tiny", root / "tiny"), hospital, root
+    return init_model("tiny", root / "tiny"), hospital
 
 
-def _job(benchmark, setup, backend: str, **opts):
-    model_dir, hospital, root = setup
-    sampler = load_model(str(model_dir), backend, **opts).sampler(
-        SamplerConfig("dpm++", STEPS, GUIDANCE, "", 32, 32))
+def job_runner(model_dir: Path, hospital: Path, root: Path, backend: str, threads: int
+               ) -> Callable[[], object]:
+    """One round: the whole job into a fresh output dir (the previous round's is removed
+    first, untimed by the caller's setup when it uses ``fresh``). The model is loaded once, the
+    way the job loads it (``load_samplers``: ONNX Runtime on a CPU gets one stream per thread)."""
+    load_cfg = SynthConfig(str(model_dir), str(hospital), "", backend=backend, threads=threads,
+                           steps=STEPS, guidance_scale=GUIDANCE)
+    samplers = load_samplers(load_cfg, 32)
+    per_stream = threads_per_stream(threads, len(samplers))
     dirs = (root / f"{backend}-{i}" for i in itertools.count())
-    results = []
 
-    def fresh():
+    def fresh() -> SynthConfig:
         for old in root.glob(f"{backend}-*"):
             shutil.rmtree(old)
-        return (SynthConfig(str(model_dir), str(hospital), str(next(dirs)), per_class=PER_CLASS,
-                            steps=STEPS, guidance_scale=GUIDANCE, batch_size=BATCH,
-                            samples_per_shard=PER_SHARD, backend=backend, threads=THREADS),), {}
+        return SynthConfig(str(model_dir), str(hospital), str(next(dirs)), per_class=PER_CLASS,
+                           steps=STEPS, guidance_scale=GUIDANCE, batch_size=BATCH,
+                           samples_per_shard=PER_SHARD, backend=backend, threads=threads)
 
-    def run(cfg):
-        results.append(run_job(cfg, sampler=sampler))
+    def run(cfg: SynthConfig | None = None):
+        torch.set_num_threads(per_stream)
+        result = run_job(cfg or fresh(), sampler=samplers)
+        assert result.complete and result.pool.images == N_IMAGES
+        return result
 
-    run(*fresh()[0])  # warm-up
-    benchmark.pedantic(run, setup=fresh, rounds=ROUNDS)
-    last = results[-1]
-    assert last.complete and last.pool.images == 3 * PER_CLASS
-    benchmark.extra_info.update(per_round=3 * PER_CLASS, unit="img",
-                                backend_busy=round(last.backend_busy, 4),
-                                writer_stall_s=round(last.pool.stall_s, 4))
+    run.fresh = fresh
+    return run
 
 
-@pytest.mark.benchmark(group=JOB_GROUP)
-def test_candidate_synth_job_onnx(benchmark, setup):
-    _job(benchmark, setup, "onnx", threads=THREADS)
-
-
-@pytest.mark.benchmark(group=JOB_GROUP)
-def test_candidate_synth_job_torch(benchmark, setup):
-    _job(benchmark, setup, "torch")
-
-
-@pytest.mark.benchmark(group=JOB_GROUP)
-def test_baseline_stock_pipeline_and_pil_save(benchmark, setup):
-    model_dir, hospital, root = setup
+def stock_runner(model_dir: Path, hospital: Path, root: Path, threads: int = THREADS
+                 ) -> Callable[[], int]:
+    """One round: the job's 48 prompts and seeds through the stock pipeline, saved with PIL."""
     info = DatasetInfo.load(hospital)
     cfg = SynthConfig(str(model_dir), str(hospital), "", per_class=PER_CLASS)
-    plan = plan_samples(cfg, info.class_names, info.prompt_templates)   # the job's prompts
+    plan = plan_samples(cfg, info.class_names, info.prompt_templates)
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     out = root / "stock"
-    out.mkdir()
+    out.mkdir(exist_ok=True)
 
-    def run():
+    def run() -> int:
+        torch.set_num_threads(threads)
         n = 0
         for b in range(0, len(plan), BATCH):
             batch = plan[b:b + BATCH]
@@ -117,9 +117,43 @@ def test_baseline_stock_pipeline_and_pil_save(benchmark, setup):
                 n += 1
         return n
 
+    return run
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(THREADS)
+    root = tmp_path_factory.mktemp("bench_job")
+    return (*make_world(root), root)
+
+
+def _job(benchmark, setup, backend: str):
+    run = job_runner(*setup, backend, THREADS)
     run()  # warm-up
-    benchmark.extra_info.update(per_round=len(plan), unit="img")
-    assert benchmark.pedantic(run, rounds=ROUNDS) == 3 * PER_CLASS
+    results = []
+    benchmark.pedantic(lambda cfg: results.append(run(cfg)),
+                       setup=lambda: ((run.fresh(),), {}), rounds=ROUNDS)
+    benchmark.extra_info.update(per_round=N_IMAGES, unit="img",
+                                backend_busy=round(results[-1].backend_busy, 4),
+                                writer_stall_s=round(results[-1].pool.stall_s, 4))
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_candidate_synth_job_onnx(benchmark, setup):
+    _job(benchmark, setup, "onnx")
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_candidate_synth_job_torch(benchmark, setup):
+    _job(benchmark, setup, "torch")
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_baseline_stock_pipeline_and_pil_save(benchmark, setup):
+    run = stock_runner(*setup)
+    run()  # warm-up
+    benchmark.extra_info.update(per_round=N_IMAGES, unit="img")
+    assert benchmark.pedantic(run, rounds=ROUNDS) == N_IMAGES
 
 
 # ----------------------------------------------------------------------------- shard writer
@@ -167,3 +201,34 @@ def test_baseline_plain_tarfile(benchmark, encoded, tmp_path):
     benchmark.extra_info.update(per_round=N_SHARDS * PER_WRITER_SHARD, unit="img")
     benchmark.pedantic(run, rounds=5)
 
+
+def interleaved(threads: int = 1, rounds: int = 5) -> None:
+    """Alternate rounds of the three job variants; print median img/s and ratios."""
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_dir, hospital = make_world(root)
+        runs = {"medfake synth job, onnx": job_runner(model_dir, hospital, root, "onnx", threads),
+                "medfake synth job, torch": job_runner(model_dir, hospital, root, "torch",
+                                                       threads),
+                "stock pipeline + PIL save": stock_runner(model_dir, hospital, root, threads)}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for f in runs.values():
+            f()  # warm-up
+        for _ in range(rounds):
+            for name, f in runs.items():
+                cfg = f.fresh() if hasattr(f, "fresh") else None
+                t = time.perf_counter()
+                f(cfg) if cfg is not None else f()
+                times[name].append(time.perf_counter() - t)
+    rate = {k: N_IMAGES / statistics.median(v) for k, v in times.items()}
+    base = rate["stock pipeline + PIL save"]
+    print(f"{N_IMAGES} images per round, {rounds} interleaved rounds, {threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for k, r in rate.items():
+        print(f"  {k:28s} {r:7.2f} img/s   {r / base:5.2f}x stock")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    interleaved(*(int(x) for x in sys.argv[1:3]))

@@ -2,11 +2,16 @@
 diffusers StableDiffusionPipeline.
 
 Same model (the `tiny` preset), prompts, scheduler (DPM++), steps, guidance, batch and thread
-count (2 torch threads, 2 ORT intra-op threads); every candidate includes text encoding, the
-denoising loop, VAE decoding and PNG encoding of each image. Group ``synthesis``: each
-``candidate`` is compared with the ``baseline`` stock pipeline.
+count (``THREADS`` in all); every candidate includes text encoding, the denoising loop, VAE
+decoding and PNG encoding of each image, for ``BATCHES`` batches per round. medfake's ONNX
+backend runs the batches on concurrent streams sharing the threads (``engine.sampler_streams``,
+one single-threaded stream per thread on a CPU, as `medfake synth` does); its one-stream
+variant shows what the streams add. Group ``synthesis``: each ``candidate`` is compared with
+the ``baseline`` stock pipeline.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -16,56 +21,86 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from medfake.engine.backends import load_model
 from medfake.engine.dataset import encode_png
 from medfake.engine.sampler import SamplerConfig
+from medfake.engine.sampler_streams import SamplerStreams, resolve_streams, threads_per_stream
 from medfake.engine.sd_model import init_model
 
-BATCH, STEPS, GUIDANCE, ROUNDS, THREADS = 8, 20, 4.0, 5, 2
+BATCH, BATCHES, STEPS, GUIDANCE, ROUNDS, THREADS = 8, 4, 20, 4.0, 5, 2
 PROMPTS = ["a CT image of a liver cyst", "a CT image of a liver metastasis"] * (BATCH // 2)
-GROUP = f"synthesis images/s (tiny SD, {STEPS} DPM++ steps, CFG, batch {BATCH}, PNG encode)"
+PER_ROUND = BATCH * BATCHES
+GROUP = (f"synthesis images/s (tiny SD, {STEPS} DPM++ steps, CFG, batch {BATCH}, PNG encode, "
+         f"{THREADS} threads)")
 CFG = SamplerConfig("dpm++", STEPS, GUIDANCE, "", 32, 32)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.set_num_threads(THREADS)
-    return init_model("tiny", tmp_path_factory.mktemp("bench") / "tiny")
+def _seeds(b: int) -> list[int]:
+    return list(range(b * BATCH, (b + 1) * BATCH))
 
 
-def _run_medfake(benchmark, model_dir, backend: str, **opts):
-    sampler = load_model(str(model_dir), backend, **opts).sampler(CFG)
-    seeds = list(range(BATCH))
+def medfake_runner(model_dir, backend: str, threads: int, streams: int | None = None
+                   ) -> Callable[[], list[bytes]]:
+    """One round: ``BATCHES`` batches generated and PNG-encoded by medfake on ``backend``."""
+    n = resolve_streams(streams, backend, "cpu", threads)
+    per_stream = threads_per_stream(threads, n)
+    opts = {"threads": per_stream} if backend == "onnx" else {}
+    model = load_model(str(model_dir), backend, **opts)
+    st = SamplerStreams([model.sampler(CFG) for _ in range(n)])
 
-    def run():
-        return [encode_png(img) for img in sampler.generate(PROMPTS, seeds)]
+    def one(sampler, b: int) -> list[bytes]:
+        return [encode_png(img) for img in sampler.generate(PROMPTS, _seeds(b))]
 
-    run()  # warm-up
-    benchmark.extra_info.update(per_round=BATCH, unit="img")
-    out = benchmark.pedantic(run, rounds=ROUNDS)
-    assert len(out) == BATCH
+    def run() -> list[bytes]:
+        torch.set_num_threads(per_stream)
+        return [png for batch in st.map(one, range(BATCHES)) for png in batch]
 
-
-@pytest.mark.benchmark(group=GROUP)
-def test_candidate_medfake_onnx(benchmark, model_dir):
-    _run_medfake(benchmark, model_dir, "onnx", threads=THREADS)
-
-
-@pytest.mark.benchmark(group=GROUP)
-def test_candidate_medfake_torch(benchmark, model_dir):
-    _run_medfake(benchmark, model_dir, "torch")
+    run.streams = n
+    return run
 
 
-@pytest.mark.benchmark(group=GROUP)
-def test_baseline_stock_pipeline(benchmark, model_dir):
+def stock_runner(model_dir, threads: int) -> Callable[[], list[bytes]]:
+    """One round: the same batches through ``StableDiffusionPipeline``, PNG-encoded."""
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 
-    def run():
-        gens = [torch.Generator().manual_seed(s) for s in range(BATCH)]
-        images = pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS,
-                      guidance_scale=GUIDANCE, generator=gens, output_type="np").images
-        return [encode_png(img) for img in (images * 255).round().astype(np.uint8)]
+    def run() -> list[bytes]:
+        torch.set_num_threads(threads)
+        out = []
+        for b in range(BATCHES):
+            gens = [torch.Generator().manual_seed(s) for s in _seeds(b)]
+            images = pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS,
+                          guidance_scale=GUIDANCE, generator=gens, output_type="np").images
+            out += [encode_png(img) for img in (images * 255).round().astype(np.uint8)]
+        return out
 
-    run()
-    benchmark.extra_info.update(per_round=BATCH, unit="img")
-    out = benchmark.pedantic(run, rounds=ROUNDS)
-    assert len(out) == BATCH
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return init_model("tiny", tmp_path_factory.mktemp("bench") / "tiny")
+
+
+def _bench(benchmark, run: Callable[[], list[bytes]]) -> None:
+    run()  # warm-up
+    benchmark.extra_info.update(per_round=PER_ROUND, unit="img")
+    assert len(benchmark.pedantic(run, rounds=ROUNDS)) == PER_ROUND
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_candidate_medfake_onnx(benchmark, model_dir):
+    _bench(benchmark, medfake_runner(model_dir, "onnx", THREADS))
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_candidate_medfake_onnx_one_stream(benchmark, model_dir):
+    _bench(benchmark, medfake_runner(model_dir, "onnx", THREADS, streams=1))
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_candidate_medfake_torch(benchmark, model_dir):
+    _bench(benchmark, medfake_runner(model_dir, "torch", THREADS))
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_baseline_stock_pipeline(benchmark, model_dir):
+    _bench(benchmark, stock_runner(model_dir, THREADS))

@@ -1,5 +1,6 @@
 """UNet step efficiency: achieved GFLOP/s of one UNet call at batch 16 divided by the fp32
-matmul peak measured in the same run, same thread count.
+matmul peak measured in the same run, same thread count. ``ort_streams`` is the engine's CPU
+configuration (concurrent single-threaded calls, as `medfake synth` runs them).
 
 FLOPs are counted once with PyTorch's FlopCounterMode on the UNet with explicit-math attention
 (so every attention matmul is counted); every candidate runs the same computation. Candidates:
@@ -39,20 +40,39 @@ def setup(tmp_path_factory):
             "gflop": fc.get_total_flops() / 1e9}
 
 
-def _ort(benchmark, setup, exporter: str):
-    out = export_onnx(str(setup["model"]), str(setup["root"] / exporter),
-                      OnnxExportConfig(exporter=exporter, components=("unet",)))
+def _session(setup, exporter: str, threads: int):
+    out = setup["root"] / exporter
+    if not (out / "unet" / "model.onnx").is_file():
+        export_onnx(str(setup["model"]), str(out),
+                    OnnxExportConfig(exporter=exporter, components=("unet",)))
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = THREADS
-    sess = ort.InferenceSession(str(out / "unet" / "model.onnx"), so,
-                                providers=["CPUExecutionProvider"])
+    so.intra_op_num_threads = threads
     x, t, e = setup["inputs"]
     feeds = {"sample": x.numpy(), "timestep": t.numpy(), "encoder_hidden_states": e.numpy()}
+    return ort.InferenceSession(str(out / "unet" / "model.onnx"), so,
+                                providers=["CPUExecutionProvider"]), feeds
+
+
+def _ort(benchmark, setup, exporter: str):
+    sess, feeds = _session(setup, exporter, THREADS)
     benchmark.extra_info.update(per_round=setup["gflop"], unit="GFLOP")
     benchmark.pedantic(sess.run, args=(None, feeds), rounds=ROUNDS, iterations=ITER,
                        warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_candidate_ort_streams(benchmark, setup):
+    """What `medfake synth` runs on a CPU: one single-threaded session called by ``THREADS``
+    concurrent streams (engine/sampler_streams.py); a round is one call per stream."""
+    from concurrent.futures import ThreadPoolExecutor
+    sess, feeds = _session(setup, "torchscript", 1)
+    with ThreadPoolExecutor(THREADS) as pool:
+        def run():
+            return list(pool.map(lambda _: sess.run(None, feeds), range(THREADS)))
+        benchmark.extra_info.update(per_round=THREADS * setup["gflop"], unit="GFLOP")
+        benchmark.pedantic(run, rounds=ROUNDS, iterations=ITER, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group=GROUP)

@@ -1,15 +1,29 @@
-"""The liver-lesion study's small CNN and a deterministic few-shot trainer for it.
+"""Downstream classifiers for the data studies and a deterministic few-shot trainer for them.
 
-``SmallCNN``: three pairs of 3x3 conv (ReLU) each followed by 2x2 max-pooling, then two dense
-layers with dropout 0.5 between them. Used as the fixed downstream classifier when comparing
-data arms (real only / real + synthetic / ...), and by the phantom calibration.
+Architectures (``CLASSIFIER_ARCHS``, built by ``create_classifier``):
 
-Channels default to 16/32/64: on 2 CPU cores a batch-64 step takes ~0.45 s at width 16 vs
-~1.2 s at width 32 (1 thread, busy machine), and 300-step arms are run many times per study.
+* ``small-cnn``: the liver-lesion study's ``SmallCNN`` -- three pairs of 3x3 conv (ReLU) each
+  followed by 2x2 max-pooling, then two dense layers with dropout 0.5 between them. Channels
+  default to 16/32/64: on 2 CPU cores a batch-64 step takes ~0.45 s at width 16 vs ~1.2 s at
+  width 32 (1 thread, busy machine), and 300-step arms are run many times per study.
+* ``resnet18`` and ``efficientnetv2`` (timm ``resnet18`` / ``tf_efficientnetv2_b0``, the
+  smallest EfficientNetV2): built from scratch by timm with ``in_chans``/``num_classes``; both
+  global-pool, so any input from 32x32 to 256x256 works.
+
+All three accept a LOCAL weights file (``weights=``; never a download): read through
+``engine.safe_load`` (safetensors, pickles refused unless ``$MEDFAKE_TRUST_PICKLE=1``), the
+classification head is dropped and left freshly initialised for ``n_classes``, an RGB stem is
+averaged to the requested input channels (timm ``adapt_input_conv``), and every other tensor
+must match the architecture exactly -- otherwise one ``ValueError`` names the file and the arch.
+
+``image_transforms`` is the one shared optional transform set (crop, flip, rotation, elastic or
+affine warp, brightness/contrast/gamma); ``train_classifier(augment=True)`` uses it.
 """
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +33,10 @@ from torchvision.transforms import v2
 from .seeding import seed_everything
 
 log = logging.getLogger(__name__)
+
+CLASSIFIER_ARCHS = ("small-cnn", "resnet18", "efficientnetv2")
+TIMM_NAMES = {"resnet18": "resnet18", "efficientnetv2": "tf_efficientnetv2_b0"}
+WARPS = ("elastic", "affine", "either")
 
 
 class SmallCNN(nn.Module):
@@ -42,48 +60,156 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def augmentation(image_size: int = 32) -> v2.Transform:
-    """Classic augmentation for one uint8 (C, H, W) image: crop, flips, rotation, brightness/contrast."""
-    return v2.Compose([
+def create_classifier(arch: str, n_classes: int, in_ch: int = 1, image_size: int = 32,
+                      weights: str | None = None, width: int = 16) -> nn.Module:
+    """A fresh classifier of ``arch`` for float (N, in_ch, H, W) inputs in [-1, 1].
+
+    ``image_size`` and ``width`` only shape ``small-cnn`` (its dense layer depends on the size,
+    which must be divisible by 8). ``weights``: a local weights file whose non-head tensors are
+    loaded (see the module docstring); the head is always new, sized ``n_classes``.
+    """
+    if arch not in CLASSIFIER_ARCHS:
+        raise ValueError(f"unknown classifier arch {arch!r}; choose one of "
+                         f"{', '.join(CLASSIFIER_ARCHS)}")
+    if arch == "small-cnn":
+        if image_size % 8:
+            raise ValueError(f"small-cnn needs an image size divisible by 8, got {image_size}")
+        model: nn.Module = SmallCNN(n_classes, in_ch=in_ch, width=width, image_size=image_size)
+        head, stem = "head.4.", "features.0.weight"
+    else:
+        import timm
+        model = timm.create_model(TIMM_NAMES[arch], pretrained=False, in_chans=in_ch,
+                                  num_classes=n_classes)
+        head = model.pretrained_cfg["classifier"] + "."
+        stem = model.pretrained_cfg["first_conv"] + ".weight"
+    if weights is not None:
+        _load_backbone(model, arch, weights, head, stem)
+    return model
+
+
+def _load_backbone(model: nn.Module, arch: str, path: str, head: str, stem: str) -> None:
+    """Load every non-head tensor of ``path`` into ``model``; ValueError if it is another arch."""
+    from timm.models import adapt_input_conv
+
+    from .safe_load import load_weights_file
+    sd = load_weights_file(path, trust_pickle=os.environ.get("MEDFAKE_TRUST_PICKLE") == "1")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    body = {k: v for k, v in sd.items() if not k.startswith(head)}
+    own = model.state_dict()
+    if stem in body and stem in own and body[stem].ndim == 4 \
+            and body[stem].shape[1] != own[stem].shape[1]:
+        body[stem] = adapt_input_conv(own[stem].shape[1], body[stem])
+    missing = [k for k in own if not k.startswith(head) and k not in body
+               and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in body if k not in own]
+    wrong = [f"{k} {tuple(body[k].shape)} vs {tuple(own[k].shape)}" for k in body
+             if k in own and body[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+                   ([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + \
+                   ([f"shape {', '.join(wrong[:3])}"] if wrong else [])
+        raise ValueError(f"weights file {path} does not hold {arch} weights "
+                         f"({'; '.join(problems)}); pass a file saved from the {arch} "
+                         f"architecture")
+    model.load_state_dict(body, strict=False)
+    log.info("loaded %s backbone weights from %s (%d tensors; head reset)", arch, path, len(body))
+
+
+class RandomGamma(v2.Transform):
+    """Gamma correction with gamma drawn uniformly from ``gamma`` (torchvision has no random one)."""
+
+    def __init__(self, gamma: tuple[float, float] = (0.8, 1.25)):
+        super().__init__()
+        self.gamma = gamma
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        lo, hi = self.gamma
+        return {"gamma": float(torch.empty(1).uniform_(lo, hi))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(v2.functional.adjust_gamma, inpt, gamma=params["gamma"])
+
+
+def image_transforms(image_size: int, *, warp: str | None = "either",
+                     gamma: bool = True) -> v2.Transform:
+    """The shared optional transform set, for one uint8 (C, H, W) image (dtype and shape kept).
+
+    Crop (random crop after reflect padding of size/8), horizontal and vertical flips, rotation
+    up to 20 degrees, a warp (``elastic``, ``affine`` -- shift 6%, scale 0.9-1.1, shear 8 --, or
+    ``either``, drawn per image; None: no warp), lighting (brightness and contrast +-20%, and
+    gamma 0.8-1.25 when ``gamma``). The elastic field scales with the image (sigma 2.5 px and
+    alpha 20 at 32x32).
+    """
+    s = image_size / 32
+    elastic = v2.ElasticTransform(alpha=20.0 * s * s, sigma=2.5 * s)
+    affine = v2.RandomAffine(degrees=0, translate=(0.06, 0.06), scale=(0.9, 1.1), shear=8)
+    warps = {"elastic": elastic, "affine": affine, "either": v2.RandomChoice([elastic, affine])}
+    if warp is not None and warp not in warps:
+        raise ValueError(f"unknown warp {warp!r}; choose one of {', '.join(WARPS)} or None")
+    steps: list[v2.Transform] = [
         v2.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         v2.RandomRotation(20),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-    ])
+    ]
+    if warp is not None:
+        steps.append(warps[warp])
+    steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
+    if gamma:
+        steps.append(RandomGamma())
+    return v2.Compose(steps)
+
+
+def augmentation(image_size: int = 32) -> v2.Transform:
+    """Alias kept for ``clip_data``'s ``classic`` set: ``image_transforms`` without warp and gamma
+    (crop, flips, rotation, brightness/contrast), i.e. exactly what it has always been."""
+    return image_transforms(image_size, warp=None, gamma=False)
+
+
+def _channels_first(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N,H,W) -> (N,1,H,W); (N,H,W,3) -> (N,3,H,W); (N,C,H,W) unchanged."""
+    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    if x.ndim == 3:
+        return x.unsqueeze(1)
+    if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+        return x.permute(0, 3, 1, 2).contiguous()
+    return x
 
 
 def _to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N,H,W) or (N,C,H,W) -> float (N,C,H,W) in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    return x.float().div(127.5).sub(1.0)
+    """uint8 (N,H,W), (N,H,W,3) or (N,C,H,W) -> float (N,C,H,W) in [-1, 1]."""
+    return _channels_first(images).float().div(127.5).sub(1.0)
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, steps: int = 300, batch: int = 64,
                      lr: float = 1e-3, seed: int = 0, augment: bool = False,
                      n_classes: int | None = None, weight_decay: float = 0.0,
-                     width: int = 16) -> SmallCNN:
-    """Train a fresh ``SmallCNN`` on uint8 grayscale ``images`` (N,H,W) for exactly ``steps`` steps.
+                     width: int = 16, arch: str = "small-cnn",
+                     weights: str | None = None) -> nn.Module:
+    """Train a fresh ``arch`` classifier on uint8 ``images`` for exactly ``steps`` Adam steps.
 
-    Batches are drawn with replacement (so the step budget is identical whatever N is, and
-    k-shot sets smaller than ``batch`` work). Deterministic for a given ``seed`` on one machine.
-    ``augment`` applies ``augmentation()`` independently per sample; ``width`` is the first conv
-    pair's channel count (doubled per pair). Returns the model in eval mode.
+    ``images``: grayscale (N,H,W) or RGB (N,H,W,3). Batches are drawn with replacement (so the
+    step budget is identical whatever N is, and k-shot sets smaller than ``batch`` work).
+    Deterministic for a given ``seed`` on one machine. ``augment`` applies ``image_transforms()``
+    independently per sample; ``width`` is the small CNN's first conv pair's channel count
+    (doubled per pair); ``weights`` a local backbone weights file (see ``create_classifier``).
+    Returns the model in eval mode.
     """
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
-    if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels) or not len(labels):
-        raise ValueError(f"need uint8 (N,H,W) images with N labels, got {images.dtype} "
-                         f"{images.shape} and {labels.shape}")
+    rgb = images.ndim == 4 and images.shape[-1] == 3
+    if images.dtype != np.uint8 or not (images.ndim == 3 or rgb) or len(images) != len(labels) \
+            or not len(labels):
+        raise ValueError(f"need uint8 (N,H,W) or (N,H,W,3) images with N labels, got "
+                         f"{images.dtype} {images.shape} and {labels.shape}")
     n_classes = int(n_classes or labels.max() + 1)
     seed_everything(seed)
-    model = SmallCNN(n_classes, in_ch=1, width=width, image_size=images.shape[-1])
+    model = create_classifier(arch, n_classes, in_ch=3 if rgb else 1,
+                              image_size=images.shape[1], weights=weights, width=width)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    aug = augmentation(images.shape[-1]) if augment else None
-    x_all = torch.from_numpy(images).unsqueeze(1)  # uint8 (N,1,H,W)
+    aug = image_transforms(images.shape[1]) if augment else None
+    x_all = _channels_first(images)  # uint8 (N,C,H,W)
     y_all = torch.from_numpy(labels)
     model.train()
     for step in range(steps):
@@ -96,13 +222,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, steps: int = 300, b
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log.debug("SmallCNN step %d loss %.4f", step, loss.item())
+            log.debug("%s step %d loss %.4f", arch, step, loss.item())
     return model.eval()
 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Softmax class probabilities (N, C) for uint8 grayscale images (N,H,W); eval mode."""
+    """Softmax class probabilities (N, C) for uint8 images (N,H,W) or (N,H,W,3); eval mode."""
     model.eval()
     out = [torch.softmax(model(_to_input(images[i:i + batch])), dim=1)
            for i in range(0, len(images), batch)]

@@ -12,6 +12,8 @@
 ``Curator`` chains them for ``ShardPool(curate=...)``: it returns the kept samples (their
 ``meta["curation"]`` holds the scores) and one record per dropped sample
 (``key, filter, reason`` and the numbers behind it), which the pool puts in the shard manifest.
+The feature and nearest-neighbour helpers (``pixel_features``, ``clip_features``,
+``nearest_neighbors``) are shared with ``engine.memorization``'s audit.
 Filters are thread-safe (inference only), so the pool's encoder threads may share them.
 """
 from __future__ import annotations
@@ -89,8 +91,67 @@ def resolve_clip(weights: str, model: str | None) -> tuple[Path, str]:
     return p, name
 
 
-def _gray(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32).mean(-1) if images.ndim == 4 else images.astype(np.float32)
+def _gray(image: np.ndarray) -> np.ndarray:
+    """One uint8 image (H, W) or (H, W, 3) -> float32 grayscale (H, W) (channel mean)."""
+    return image.astype(np.float32).mean(-1) if image.ndim == 3 else image.astype(np.float32)
+
+
+# --- features and nearest neighbours, shared with engine.memorization / engine.sample_quality ---
+
+DISTANCE_METRICS = ("rms", "cosine", "euclidean")
+
+
+def pixel_features(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """Grayscale intensities in [0, 1], bilinearly resized to ``size`` x ``size``: (N, size**2)."""
+    small = [np.asarray(Image.fromarray(_gray(im).round().astype(np.uint8)).resize(
+        (size, size), Image.BILINEAR)) for im in images]
+    return torch.from_numpy(np.stack(small).reshape(len(small), -1).astype(np.float32) / 255.0)
+
+
+@torch.no_grad()
+def clip_features(clip: torch.nn.Module, images: Sequence[np.ndarray],
+                  batch: int = 256) -> torch.Tensor:
+    """L2-normalised CLIP image embeddings (N, D) of uint8 grayscale or RGB images."""
+    from .clip_model import images_to_tensor
+    rgb = [np.repeat(im[..., None], 3, -1) if im.ndim == 2 else im for im in images]
+    feats = []
+    for i in range(0, len(rgb), batch):
+        x = images_to_tensor(np.stack(rgb[i:i + batch]), clip)
+        feats.append(torch.nn.functional.normalize(clip.encode_image(x).float(), dim=-1))
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def nearest_neighbors(query: torch.Tensor, reference: torch.Tensor, metric: str,
+                      exclude_self: bool = False, chunk: int = 1024
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(index into ``reference``, distance) of each query row's nearest reference row.
+
+    ``metric``: ``rms`` (Euclidean / sqrt(D): root-mean-square feature difference),
+    ``euclidean``, or ``cosine`` (1 - cosine similarity). ``exclude_self``: ``query`` IS
+    ``reference`` and row i may not match itself (leave-one-out). Exact brute force, in chunks.
+    """
+    if metric not in DISTANCE_METRICS:
+        raise ValueError(f"unknown distance {metric!r}; choose one of {DISTANCE_METRICS}")
+    q, r = query.float(), reference.float()
+    if metric == "cosine":
+        q, r = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(r, dim=-1)
+    idx, dist = [], []
+    for i in range(0, len(q), chunk):
+        qc = q[i:i + chunk]
+        d = 1 - qc @ r.T if metric == "cosine" else torch.cdist(qc, r)
+        if metric == "rms":
+            d = d / np.sqrt(q.shape[1])
+        if exclude_self:
+            rows = torch.arange(len(qc))
+            d[rows, rows + i] = float("inf")
+        dc, ic = d.min(dim=1)
+        if metric != "cosine":   # cdist's matmul form is inexact; recompute the winners exactly
+            dc = (qc - r[ic]).norm(dim=1)
+            dc = dc / np.sqrt(q.shape[1]) if metric == "rms" else dc
+        idx.append(ic)
+        dist.append(dc.clamp_min(0))
+    return torch.cat(idx).numpy(), torch.cat(dist).numpy()
 
 
 class ClipScoreFilter:
@@ -141,31 +202,15 @@ class MemorizationGuard:
         self._size = min(PIXEL_SIZE, real_images[0].shape[0])
         self._real = self._features(real_images)
 
-    @torch.no_grad()
     def _features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         if self.space == "pixel":
-            s = self._size
-            small = [np.asarray(Image.fromarray(_gray(im).round().astype(np.uint8)).resize(
-                (s, s), Image.BILINEAR)) for im in images]
-            return torch.from_numpy(np.stack(small).reshape(len(small), -1).astype(np.float32)
-                                    / 255.0)
-        from .clip_model import images_to_tensor
-        rgb = [np.repeat(im[..., None], 3, -1) if im.ndim == 2 else im for im in images]
-        feats = []
-        for i in range(0, len(rgb), 256):
-            x = images_to_tensor(np.stack(rgb[i:i + 256]), self.clip)
-            feats.append(torch.nn.functional.normalize(self.clip.encode_image(x), dim=-1))
-        return torch.cat(feats)
+            return pixel_features(images, self._size)
+        return clip_features(self.clip, images)
 
     def nearest(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(index of the nearest real image, distance) per image."""
-        f = self._features(images)
-        if self.space == "pixel":
-            d = torch.cdist(f, self._real) / np.sqrt(f.shape[1])   # RMS difference
-        else:
-            d = 1 - f @ self._real.T
-        dist, idx = d.min(dim=1)
-        return idx.numpy(), dist.numpy()
+        return nearest_neighbors(self._features(images), self._real,
+                                 "rms" if self.space == "pixel" else "cosine")
 
     def judge(self, samples: list[Sample]) -> list[tuple[dict | None, dict]]:
         idx, dist = self.nearest([s.image for s in samples])

@@ -14,6 +14,7 @@ Everything a sample is conditioned on derives from its key: the source real imag
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ class BatchGenerator:
         self.sampler, self.mode, self.size, self.job_seed, self.real = (
             sampler, mode, size, job_seed, real)
         self.backend_s = 0.0
+        self._lock = threading.Lock()   # streams call this from several threads
 
     def condition(self, p: PlannedSample) -> Conditioning:
         """The deterministic conditioning of one planned sample."""
@@ -117,20 +119,25 @@ class BatchGenerator:
         try:
             return fn(*args, **kw)
         finally:
-            self.backend_s += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            with self._lock:
+                self.backend_s += dt
 
-    def __call__(self, batch: list[PlannedSample]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def __call__(self, batch: list[PlannedSample], sampler=None
+                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Images and provenance of ``batch``, on ``sampler`` (a stream's) or the default one."""
+        sampler = sampler or self.sampler
         prompts, seeds = [p.prompt for p in batch], [p.seed for p in batch]
         if not self.mode.conditioned:
-            return self._timed(self.sampler.generate, prompts, seeds), [{} for _ in batch]
+            return self._timed(sampler.generate, prompts, seeds), [{} for _ in batch]
         conds = [self.condition(p) for p in batch]
         keep = self.mode.paste_back
-        images = self._timed(self.sampler.generate_conditioned, prompts, seeds,
+        images = self._timed(sampler.generate_conditioned, prompts, seeds,
                              np.stack([c.image for c in conds]),
                              np.stack([c.mask for c in conds]), keep_known=keep)
         if self.mode.mode == "inpaint-outpaint":
             second = [derive_seed(s, "inpaint") % SEED_RANGE for s in seeds]
-            images = self._timed(self.sampler.generate_conditioned, prompts, second, images,
+            images = self._timed(sampler.generate_conditioned, prompts, second, images,
                                  np.stack([c.second_mask for c in conds]), keep_known=keep)
             for c, s in zip(conds, second):
                 c.provenance["inpaint_seed"] = s

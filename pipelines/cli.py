@@ -105,7 +105,7 @@ def _cmd_synth(a: argparse.Namespace) -> None:
                       memorization_threshold=a.memorization_threshold,
                       batch_size=a.batch_size, extend=a.extend, rank=a.rank,
                       world_size=a.world_size, workers=a.workers, max_pending=a.max_pending,
-                      threads=a.threads)
+                      threads=a.threads, streams=a.streams)
     print(synthesize(cfg))
 
 
@@ -170,6 +170,20 @@ def _cmd_run(a: argparse.Namespace) -> None:
     run_chain(cfg)
 
 
+def _cmd_experiment(a: argparse.Namespace) -> None:
+    from .experiment import ExperimentConfig, run_experiment
+    cfg = ExperimentConfig.load(a.config, a.profile)
+    out = a.out or str(Path("runs") / "experiments" / a.name)
+    res = run_experiment(a.name, cfg, out)
+    print(f"results: {res}\nreport:  {Path(out) / 'report.html'}")
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from .report import write_report
+    html_path, md_path = write_report(a.run_dir)
+    print(f"{html_path}\n{md_path}")
+
+
 def _cmd_export_onnx(a: argparse.Namespace) -> None:
     from ..export.onnx_export import OnnxExportConfig, export_onnx
     cfg = OnnxExportConfig(opset=a.opset, exporter=a.exporter, precision=a.precision,
@@ -218,6 +232,26 @@ def _cmd_gan_sample(a: argparse.Namespace) -> None:
     print(sample_gan(GANSampleConfig(gan_dir=a.gan, real_dataset=a.real, out_dir=a.out,
                                      per_class=a.per_class, seed=a.seed, image_size=a.size,
                                      batch_size=a.batch_size, device=a.device)))
+
+
+def _cmd_eval_quality(a: argparse.Namespace) -> None:
+    from .eval_samples import eval_quality
+    _trust_pickle(a)
+    path = eval_quality(a.real, a.synthetic, a.out, split=a.split,
+                        synthetic_split=a.synthetic_split, encoder=a.encoder)
+    o = json.loads(path.read_text())["overall"]
+    print(f"{path}: FD {o['frechet_distance']:.4g}, precision {o['precision']:.3f}, recall "
+          f"{o['recall']:.3f}, 1-NN accuracy {o['one_nn_accuracy']:.3f}")
+
+
+def _cmd_eval_memorization(a: argparse.Namespace) -> None:
+    from .eval_samples import eval_memorization
+    _trust_pickle(a)
+    s = eval_memorization(a.real, a.synthetic, a.out, real_split=a.real_split,
+                          synthetic_split=a.synthetic_split, encoder=a.encoder,
+                          threshold=a.threshold, max_pairs=a.max_pairs)
+    print(f"{a.out}: {s['n_flagged']} of {s['n_synthetic']} synthetic images within "
+          f"{s['threshold']:.4g} of a real training image ({s['threshold_rule']})")
 
 
 def _cmd_bench(a: argparse.Namespace) -> None:
@@ -374,10 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--quality", type=int, help="jpg quality (default 95); webp: lossy below 100")
     sy.add_argument("--samples-per-shard", type=int, default=256)
     sy.add_argument("--batch-size", type=int, default=16)
-    sy.add_argument("--backend", default="torch", choices=["auto", "torch", "onnx", "tensorrt"],
-                    help="torch: PyTorch eager; onnx: ONNX Runtime (exports and caches the model "
-                    "on first use, or give an export dir as --model); tensorrt: GPU engines")
-    sy.add_argument("--threads", type=int, help="backend threads (default: torch's)")
+    sy.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "tensorrt"],
+                    help="auto (default): the fastest this machine runs (`medfake doctor`); torch: "
+                    "PyTorch eager; onnx: ONNX Runtime (exports and caches the model on first use,"
+                    " or give an export dir as --model); tensorrt: GPU engines")
+    sy.add_argument("--threads", type=int, help="backend threads in all (default: torch's)")
+    sy.add_argument("--streams", type=int, help="concurrent denoising streams sharing the threads "
+                    "(default: one per thread for ONNX Runtime on a CPU, else 1)")
     sy.add_argument("--mask", default="lesion", choices=["lesion", "random"],
                     help="inpainting masks centred on the lesion, or anywhere")
     sy.add_argument("--mask-shape", default="any", choices=["box", "ellipse", "any"])
@@ -419,6 +456,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default=None)
     run.add_argument("--out-root", default="runs")
     run.set_defaults(fn=_cmd_run)
+
+    xp = sub.add_parser("experiment", help="run an evaluation protocol (resumable): "
+                        "few-shot-sweep, substitution, generators, clip-medfake, ratio")
+    xp.add_argument("name", choices=["few-shot-sweep", "substitution", "generators",
+                                     "clip-medfake", "ratio"])
+    xp.add_argument("--config", help="JSON config (keys: ExperimentConfig fields; "
+                    "see docs/evaluation.md); default: the profile's")
+    xp.add_argument("--out", help="experiment dir (default runs/experiments/NAME)")
+    xp.add_argument("--profile", default="default", choices=["default", "test"],
+                    help="base sizes the config overrides (test: tiny, seconds per protocol)")
+    xp.set_defaults(fn=_cmd_experiment)
+    rp = sub.add_parser("report", help="self-contained HTML + Markdown report of an "
+                        "experiment or run dir")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=_cmd_report)
 
     ex = sub.add_parser("export", help="export models (ONNX, TensorRT engines, CLIP weights)"
                         ).add_subparsers(dest="sub", required=True)
@@ -509,6 +561,30 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--batch-size", type=int, default=64)
     gs.add_argument("--device", default="cpu")
     gs.set_defaults(fn=_cmd_gan_sample)
+
+    ev = sub.add_parser("eval", help="sample quality and memorization audit of synthetic "
+                        "images").add_subparsers(dest="sub", required=True)
+    enc_help = "feature space: pixel[:SIZE], clip:PATH (CLIP dir or weights), torchscript:PATH"
+    eq = ev.add_parser("quality", help="Frechet distance, precision/recall, 1-NN accuracy vs "
+                       "real held-out images, overall and per class -> OUT/quality.json")
+    em = ev.add_parser("memorization", help="nearest real training image of every synthetic "
+                       "image -> OUT/memorization.json, _pairs.png, _hist.png")
+    for e in (eq, em):
+        e.add_argument("--real", required=True, help="real dataset dir")
+        e.add_argument("--synthetic", required=True, help="synthetic dataset dir")
+        e.add_argument("--synthetic-split", default="train")
+        e.add_argument("--encoder", default="pixel", help=enc_help)
+        e.add_argument("--trust-pickle", action="store_true",
+                       help="allow a pickled CLIP weights file (torch.load weights_only=True)")
+        e.add_argument("--out", required=True)
+    eq.add_argument("--split", default="test", help="real split to compare with")
+    eq.set_defaults(fn=_cmd_eval_quality)
+    em.add_argument("--real-split", default="train", help="the generator's real training split")
+    em.add_argument("--threshold", type=float,
+                    help="flag distance (default: 1/3 of the median real-train leave-one-out "
+                    "nearest-neighbour distance; 1/9 for cosine)")
+    em.add_argument("--max-pairs", type=int, default=16, help="pairs in memorization_pairs.png")
+    em.set_defaults(fn=_cmd_eval_memorization)
 
     be = sub.add_parser("bench", help="run the benchmark suite, write bench/RESULTS.md")
     be.add_argument("args", nargs=argparse.REMAINDER)

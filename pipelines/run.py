@@ -22,10 +22,11 @@ import numpy as np
 
 from ..engine.classifiers import predict_proba, train_classifier
 from ..engine.dataset import DatasetInfo, SplitArrays, load_split
-from ..engine.metrics import classification_metrics
+from ..engine.metrics import bootstrap_ci, classification_metrics
 from ..engine.paths import cache_dir
 from ..engine.phantoms import PhantomConfig, make_phantom_world
 from ..engine.seeding import derive_seed
+from .experiment import assess_sources, invocation, provenance
 from .report import write_report
 from .synth import SynthConfig, synthesize
 from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier,
@@ -80,7 +81,10 @@ def _cnn_arm(train: SplitArrays, test: SplitArrays, names: list[str], steps: int
              seed: int) -> dict:
     model = train_classifier(train.images, train.labels, steps=steps, batch=64, lr=1e-3,
                              seed=seed, augment=False)
-    return classification_metrics(test.labels, predict_proba(model, test.images), names)
+    probs = predict_proba(model, test.images)
+    m = classification_metrics(test.labels, probs, names)
+    m["accuracy_ci95"] = list(bootstrap_ci(test.labels, probs, "accuracy", seed=seed))
+    return m
 
 
 def run_chain(cfg: RunConfig) -> Path:
@@ -155,9 +159,16 @@ def run_chain(cfg: RunConfig) -> Path:
     results = {"config": asdict(cfg), "k_shot": cfg.k_shot, "class_names": names,
                "n_test": len(test),
                "rows": rows, "timings_s": timings, "model_dir": str(model_dir),
-               "synthetic_dir": str(synth_dir), "hospital_dir": str(hospital)}
+               "synthetic_dir": str(synth_dir), "hospital_dir": str(hospital),
+               "public_dir": str(public)}
+    results["quality"], results["memorization"] = assess_sources(
+        {"diffusion": synth_dir}, train_pool, test, names, run_dir, control=public_arr)
+    results["provenance"] = provenance(
+        invocation(f"python: medfake.pipelines.run.run_chain(RunConfig(name={cfg.name!r}, "
+                   f"out_root={cfg.out_root!r}, ...)); full config in results.json"),
+        {"hospital": hospital, "public": public, "synthetic": synth_dir})
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    report = write_report(run_dir, results, train_pool, synth)
-    print(report.read_text().split("\n## ", 2)[1].split("\n", 1)[1])
-    print(f"report: {report}")
+    html_path, md_path = write_report(run_dir)
+    print(md_path.read_text().split("\n## ", 2)[1].split("\n", 1)[1].split("\n### ")[0])
+    print(f"report: {html_path}\n        {md_path}")
     return run_dir

@@ -33,6 +33,7 @@ from ..engine.inpainting import MaskSpec, OutpaintSpec
 from ..engine.sd_model import model_hash
 from ..engine.shard_pool import PoolStats, ShardPool
 from ..engine.synth_files import stray_temporaries
+from ..engine.sampler_streams import SamplerStreams, resolve_streams, threads_per_stream
 from ..engine.synth_modes import BatchGenerator, ModeConfig
 from ..engine.synth_plan import (PlanMismatchError, RankInfo, SynthPlan, claim_plan_file,
                                  open_plan, resolve_rank, sample_key, sample_seed)
@@ -93,7 +94,8 @@ class SynthConfig:
     world_size: int | None = None
     workers: int = 2               # encoder threads of the shard pool
     max_pending: int = 4           # batches waiting in the pool before the backend waits
-    threads: int | None = None     # backend threads (ORT intra-op / torch); None: default
+    threads: int | None = None     # backend threads in all (ORT intra-op / torch); None: torch's
+    streams: int | None = None     # concurrent denoising streams; None: auto (sampler_streams)
 
     def mode_config(self) -> ModeConfig:
         return ModeConfig(self.mode, MaskSpec(self.mask, self.mask_shape, tuple(self.mask_scale)),
@@ -120,10 +122,12 @@ class SynthResult:
     backend_seconds: float = 0.0
     load_seconds: float = 0.0
     complete: bool = False
+    streams: int = 1
 
     @property
     def backend_busy(self) -> float:
-        return self.backend_seconds / self.seconds if self.seconds else 0.0
+        """Busy time of all streams over ``streams x`` the generation wall time."""
+        return self.backend_seconds / (self.streams * self.seconds) if self.seconds else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -134,7 +138,7 @@ class SynthResult:
         return (f"synth rank {r.rank}/{r.world_size}: {p.shards} shard(s), {p.images} images"
                 + (f" ({p.dropped} dropped by curation)" if p.dropped else "")
                 + f" in {self.seconds:.1f} s = {self.images_per_second:.2f} img/s; backend busy "
-                f"{100 * self.backend_busy:.1f}% of wall time (model load {self.load_seconds:.1f}"
+                f"{100 * self.backend_busy:.1f}% of wall time ({self.streams} stream(s); model load {self.load_seconds:.1f}"
                 f" s excluded); waited on the writer {p.stall_s:.2f} s; encode {p.encode_s:.1f} s,"
                 f" write {p.write_s:.1f} s in the background; job "
                 + ("complete" if self.complete else "not complete yet (other ranks)"))
@@ -224,25 +228,32 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
 
 # ----------------------------------------------------------------------------- running
 
-def _load_sampler(cfg: SynthConfig, size: int):
-    """Load the model on the backend; exports into the shared cache are serialised between
-    the ranks of one host (a file lock), so they never race on the same export."""
+def load_samplers(cfg: SynthConfig, size: int) -> list:
+    """Load the model on the backend once and return one sampler per stream (see
+    ``engine.sampler_streams``); the streams share ``cfg.threads`` between them. Exports into
+    the shared cache are serialised between the ranks of one host (a file lock), so they never
+    race on the same export."""
+    import torch
     from filelock import FileLock
 
+    from ..engine import capabilities as cap
     from ..engine.paths import cache_dir
     from ..engine.sampler import SamplerConfig   # imports diffusers: only when generating
-    opts: dict[str, Any] = {}
-    if cfg.threads:
-        import torch
-        torch.set_num_threads(cfg.threads)
-        opts = {"threads": cfg.threads} if cfg.backend == "onnx" else {}
+    threads = cfg.threads or torch.get_num_threads()
+    device = "cuda" if cap.cuda().available else "cpu"
+    streams = resolve_streams(cfg.streams, cfg.backend, device, threads)
+    per_stream = threads_per_stream(threads, streams)
+    torch.set_num_threads(per_stream)
     if cfg.backend == "torch":
         model = load_model(cfg.model_dir, "torch")
     else:
+        opts = {"threads": per_stream} if cfg.backend == "onnx" else {}
         with FileLock(str(cache_dir("locks") / "export.lock")):
             model = load_model(cfg.model_dir, cfg.backend, **opts)
-    return model.sampler(SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale,
-                                       cfg.negative_prompt, size, size))
+    scfg = SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.negative_prompt,
+                         size, size)
+    log.info("%s backend: %d stream(s) x %d thread(s)", cfg.backend, streams, per_stream)
+    return [model.sampler(scfg) for _ in range(streams)]
 
 
 def _remove_own_temporaries(out: Path, shards: list[int]) -> None:
@@ -257,8 +268,9 @@ def _remove_own_temporaries(out: Path, shards: list[int]) -> None:
 
 def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     """Run (or resume) this rank's share of the job; see the module doc. ``sampler``: an
-    ``engine.sampler.Sampler`` already loaded from ``cfg.model_dir`` on ``cfg.backend`` with the
-    job's settings (to run several jobs on one loaded model); None loads it."""
+    ``engine.sampler.Sampler`` (or a list of them, one per stream, over one model) already
+    loaded from ``cfg.model_dir`` on ``cfg.backend`` with the job's settings (to run several
+    jobs on one loaded model); None loads it."""
     from dataclasses import replace
     cfg = replace(cfg, backend=resolve_backend(cfg.backend))
     why = BACKENDS[cfg.backend].unavailable()
@@ -284,7 +296,12 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
              len(mine), len(todo))
     result = SynthResult(out, rank, plan.n_shards, len(todo), PoolStats())
     if todo:
-        _generate(cfg, plan, todo, real, size, mode, curation, tokens, result, sampler)
+        import torch
+        threads = torch.get_num_threads()   # streams lower it for their duration
+        try:
+            _generate(cfg, plan, todo, real, size, mode, curation, tokens, result, sampler)
+        finally:
+            torch.set_num_threads(threads)
     result.complete = finalize(out, plan)
     if todo:
         log.info(result.summary())
@@ -299,10 +316,11 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
               result: SynthResult, sampler=None) -> None:
     t = time.perf_counter()
     index = RealIndex(cfg.real_dataset) if mode.conditioned or curation.memorization else None
-    sampler = sampler or _load_sampler(cfg, size)
+    samplers = sampler or load_samplers(cfg, size)
+    samplers = samplers if isinstance(samplers, list) else [samplers]
     curator = build_curator(curation, real.class_names, real.prompt_templates, index)
-    gen = BatchGenerator(sampler, mode, size, cfg.seed, index)
-    result.load_seconds = time.perf_counter() - t
+    gen = BatchGenerator(samplers[0], mode, size, cfg.seed, index)
+    result.load_seconds, result.streams = time.perf_counter() - t, len(samplers)
     base = {"source": "synthetic", "generator": "diffusion", "model_hash": plan.params["model_hash"],
             "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
             "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "backend": cfg.backend,
@@ -310,26 +328,31 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
     r = result.rank
     bar = tqdm(total=sum(plan.shard_size(i) for i in todo), unit="img", smoothing=0.1,
                desc=f"synth {r.rank}/{r.world_size}")
-    t = time.perf_counter()
-    with ShardPool(cfg.out_dir, "train", real.class_names, cfg.image_format, cfg.quality,
-                   cfg.workers, cfg.max_pending, curator) as pool:
+
+    def batches():
         for i in todo:
             planned = plan.shard_samples(i)
             for b in range(0, len(planned), cfg.batch_size):
-                batch = planned[b:b + cfg.batch_size]
-                images, provenance = gen(batch)
-                samples = []
-                for p, img, prov in zip(batch, images, provenance):
-                    if real.channels == 1:
-                        img = img.astype(np.float32).mean(-1).round().astype(np.uint8)
-                    name = real.class_names[p.cls]
-                    meta = {**base, "prompt": p.prompt, "seed": p.seed, "class_name": name,
-                            **prov}
-                    if tokens:
-                        meta["identifier_token"] = tokens.get(name)
-                    samples.append(Sample(p.key, img, p.cls, p.prompt, meta))
-                pool.submit(i, samples, last=b + cfg.batch_size >= len(planned))
-                bar.update(len(batch))
+                yield i, planned[b:b + cfg.batch_size], b + cfg.batch_size >= len(planned)
+
+    def run(sampler, job: tuple[int, list, bool]) -> tuple:
+        return *job, *gen(job[1], sampler)
+
+    t = time.perf_counter()
+    with ShardPool(cfg.out_dir, "train", real.class_names, cfg.image_format, cfg.quality,
+                   cfg.workers, cfg.max_pending, curator) as pool, SamplerStreams(samplers) as st:
+        for i, batch, last, images, provenance in st.map(run, batches()):
+            samples = []
+            for p, img, prov in zip(batch, images, provenance):
+                if real.channels == 1:
+                    img = img.astype(np.float32).mean(-1).round().astype(np.uint8)
+                name = real.class_names[p.cls]
+                meta = {**base, "prompt": p.prompt, "seed": p.seed, "class_name": name, **prov}
+                if tokens:
+                    meta["identifier_token"] = tokens.get(name)
+                samples.append(Sample(p.key, img, p.cls, p.prompt, meta))
+            pool.submit(i, samples, last=last)
+            bar.update(len(batch))
     result.seconds = time.perf_counter() - t
     result.backend_seconds = gen.backend_s
     result.pool = pool.stats

@@ -1,0 +1,358 @@
+"""`medfake experiment NAME --config CFG.json`: run one protocol, resumably, with honest statistics.
+
+Every arm (``pipelines/protocols.py``) is trained once per seed and evaluated on the REAL
+held-out test split (``classification_metrics`` + percentile-bootstrap 95% CIs). Each arm x seed
+is written atomically to ``arms/<arm>/seed<N>.json`` together with the settings that produced
+it; a re-run skips every finished arm-seed (and refuses one made with other settings, naming
+them). Outputs in ``--out``::
+
+    config.json       the full config (re-run: medfake experiment NAME --config it --out DIR)
+    results.json      config, provenance, datasets, rows, summary (mean +- std over seeds),
+                      sample quality and memorization audit per synthetic source
+    results.csv       one row per arm x seed
+    plots/            accuracy-vs-real-images curves, bars with CIs, ratio curve, confusions
+    memorization/     nearest-real pair grids and distance histograms per source
+    report.html/.md   `medfake report DIR`
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..engine.dataset import SplitArrays, load_split, sha256_file
+from .experiment_data import CI_METRICS, ExperimentData, draw_per_class
+from .protocols import CONTROL, PROTOCOLS, Arm, plan_arms, slugify
+
+log = logging.getLogger(__name__)
+FORMAT = "medfake-experiment/1"
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything an experiment needs; JSON keys are these field names (see docs/evaluation.md)."""
+
+    real: str | None = None               # real dataset dir; None: the embedded phantom hospital
+    control: str | None = None            # generator's training corpus; None: embedded public
+    phantoms: dict[str, Any] = field(default_factory=dict)   # PhantomConfig overrides
+    synthetic: dict[str, Any] = field(default_factory=lambda: {
+        "diffusion": {"kind": "diffusion", "model": "embedded", "sample": {"backend": "auto"}}})
+    synthetic_per_class: int = 200        # images per class each generator spec writes
+    generator_profile: str = "default"    # model "embedded": the cached embedded generator
+    classifiers: list[str] = field(default_factory=lambda: ["small-cnn"])
+    classifier_weights: dict[str, str] = field(default_factory=dict)  # arch -> local file
+    steps: int = 300
+    batch: int = 64
+    lr: float = 1e-3
+    width: int = 16
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    k: int = 5                            # real per class (all protocols but few-shot-sweep)
+    k_values: list[Any] = field(default_factory=lambda: [1, 2, 5, 10, 20, "all"])
+    synth_per_real: list[float] = field(default_factory=lambda: [0, 10])
+    per_real: float = 10                  # extra per real image (substitution, generators, clip)
+    transforms: list[bool] = field(default_factory=lambda: [False, True])
+    augment: bool = False                 # transforms in the other protocols
+    ratios: list[float] = field(default_factory=lambda: [1, 2, 5, 10, 20])
+    test_split: str = "test"
+    clip_profile: str = "embedded"
+    clip: dict[str, Any] = field(default_factory=dict)       # ClipTrainConfig overrides
+    encoder: str = "pixel"                # sample quality / memorization feature space
+    quality: bool = True
+    memorization_threshold: float | None = None
+    n_bootstrap: int = 1000
+
+    @classmethod
+    def profile(cls, name: str) -> "ExperimentConfig":
+        """``default``: the documented sizes; ``test``: a tiny world, classic augmentation as
+        the synthetic source, a few steps (well under a minute per protocol)."""
+        if name == "default":
+            return cls()
+        if name == "test":
+            return cls(phantoms={"n_public_per_class": 40, "n_train_per_class": 12,
+                                 "n_val_per_class": 4, "n_test_per_class": 10,
+                                 "samples_per_shard": 32},
+                       synthetic={"classic": {"kind": "classic"}}, synthetic_per_class=20,
+                       generator_profile="test", steps=12, batch=16, seeds=[0, 1], k=2,
+                       k_values=[1, "all"], ratios=[1, 5], clip_profile="test",
+                       n_bootstrap=100)
+        raise ValueError(f"unknown experiment profile {name!r}; choose 'default' or 'test'")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], profile: str = "default") -> "ExperimentConfig":
+        """Profile ``profile`` with the keys of ``d`` overridden; an unknown key is an error."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"experiment config: unknown key(s) {', '.join(map(repr, unknown))}; "
+                             f"valid keys: {', '.join(valid)}")
+        cfg = replace(cls.profile(profile), **d)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None, profile: str = "default") -> "ExperimentConfig":
+        if path is None:
+            cfg = cls.profile(profile)
+            cfg.validate()
+            return cfg
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"experiment config {p} does not exist")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"experiment config {p} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"experiment config {p} must hold a JSON object")
+        return cls.from_dict(d, profile)
+
+    def validate(self) -> None:
+        from ..engine.classifiers import CLASSIFIER_ARCHS
+        from ..engine.phantoms import PhantomConfig
+        ok = (*CLASSIFIER_ARCHS, "clip")
+        bad = [c for c in self.classifiers if c not in ok]
+        if bad or not self.classifiers:
+            raise ValueError(f"experiment config: classifiers {bad or '[]'} not known; choose "
+                             f"from {', '.join(ok)}")
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise ValueError("experiment config: seeds must be a non-empty list of integers")
+        for k in [*self.k_values, self.k]:
+            if not (k == "all" or (isinstance(k, int) and k >= 1)):
+                raise ValueError(f"experiment config: k value {k!r} must be an integer >= 1 or "
+                                 f"\"all\"")
+        for name, s in self.synthetic.items():
+            if name == CONTROL or not name:
+                raise ValueError(f"experiment config: synthetic source name {name!r} is reserved")
+            if not isinstance(s, (str, dict)) or (isinstance(s, dict) and "kind" not in s):
+                raise ValueError(f"experiment config: synthetic source {name!r} must be a dataset "
+                                 f"dir or a generator spec with a 'kind'")
+        try:
+            PhantomConfig(**self.phantoms)
+            self.clip_config()
+        except TypeError as e:
+            raise ValueError(f"experiment config: bad 'phantoms' or 'clip' key: {e}") from None
+        if self.n_bootstrap < 10 or self.steps < 1 or self.batch < 1:
+            raise ValueError("experiment config: n_bootstrap >= 10, steps >= 1, batch >= 1")
+
+    def clip_config(self):
+        from .train_clip import ClipTrainConfig
+        return ClipTrainConfig.profile(self.clip_profile, **self.clip)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def _version(pkg: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def invocation(fallback: str) -> str:
+    """The exact command line when this process is the ``medfake`` CLI, else ``fallback``."""
+    if Path(sys.argv[0]).name in ("medfake", "cli.py"):
+        return "medfake " + shlex.join(sys.argv[1:])
+    return fallback
+
+
+def provenance(command: str, datasets: dict[str, str | os.PathLike | None]) -> dict:
+    """Command, time, host, package versions, git commit and dataset fingerprints."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "command": command, "argv": sys.argv, "cwd": os.getcwd(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "versions": {p: _version(p) for p in ("medfake", "torch", "torchvision", "numpy",
+                                              "scikit-learn", "scipy", "matplotlib", "timm",
+                                              "open_clip_torch", "diffusers")},
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if dirty is None else bool(dirty),
+        "datasets": {k: {"path": str(v), "dataset_json_sha256": sha256_file(Path(v) / "dataset.json")}
+                     for k, v in datasets.items() if v and (Path(v) / "dataset.json").is_file()},
+    }
+
+
+# ----------------------------------------------------------------------------- quality, privacy
+
+def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArrays,
+                   class_names: list[str], out_dir: Path, encoder: str = "pixel",
+                   threshold: float | None = None,
+                   control: SplitArrays | None = None) -> tuple[dict, dict]:
+    """Sample quality (vs the real test split) and memorization audit (vs the real train split)
+    of each synthetic dataset dir; pair grids and histograms go to ``out_dir/memorization``.
+    ``control``: also the quality of the control corpus (as many images per class as the
+    largest source), the reference a generator should beat. Returns (quality, memorization)."""
+    from ..engine.memorization import audit_memorization, distance_histogram, pair_grid
+    from ..engine.sample_quality import load_encoder, quality_report
+    enc = load_encoder(encoder)
+    mdir = out_dir / "memorization"
+    mdir.mkdir(parents=True, exist_ok=True)
+    quality, memo, largest = {}, {}, 1
+    for name, d in sources.items():
+        syn = load_split(d, "train", skip_bad=True)
+        largest = max(largest, int(np.bincount(syn.labels).max()))
+        quality[name] = quality_report(test, syn, enc, class_names)
+        audit = audit_memorization(syn, train, enc, threshold)
+        slug = slugify(name)
+        Image.fromarray(pair_grid(audit, syn, train)).save(mdir / f"{slug}_pairs.png")
+        distance_histogram(audit, mdir / f"{slug}_hist.png")
+        memo[name] = {**audit.to_json(), "dir": str(d),
+                      "pairs_png": f"memorization/{slug}_pairs.png",
+                      "hist_png": f"memorization/{slug}_hist.png"}
+        log.info("source %s: FD %.3g, 1-NN acc %.3f, %d flagged", name,
+                 quality[name]["overall"]["frechet_distance"],
+                 quality[name]["overall"]["one_nn_accuracy"], len(audit.flagged))
+    if control is not None and sources:
+        sub = draw_per_class(control, largest, 0, len(class_names))
+        quality["control corpus (used directly)"] = quality_report(test, sub, enc, class_names)
+    return quality, memo
+
+
+# ----------------------------------------------------------------------------- running
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _settings(arm: Arm, seed: int, cfg: ExperimentConfig, data: ExperimentData) -> dict:
+    """Everything that determines an arm-seed's result (compared on resume)."""
+    train = (asdict(cfg.clip_config()) if arm.classifier == "clip" else
+             {"steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr, "width": cfg.width,
+              "weights": cfg.classifier_weights.get(arm.classifier)})
+    s = {"arm": asdict(arm), "seed": seed, "train": train, "test_split": cfg.test_split,
+         "real": data.real_fingerprint(), "source": data.fingerprint(arm.source),
+         "init": data.fingerprint(arm.init), "n_extra_per_class": data.extra_count(arm)
+         if arm.source else 0, "n_bootstrap": cfg.n_bootstrap}
+    return json.loads(json.dumps(s, default=str))
+
+
+def run_arm_seed(arm: Arm, seed: int, data: ExperimentData, protocol: str) -> dict:
+    """Train and evaluate one arm for one seed; the result row."""
+    t0 = time.time()
+    train, n_real, n_extra = data.train_set(arm, seed)
+    probs = data.fit_predict(arm, train, seed)
+    m = data.evaluate(probs, seed)
+    return {"protocol": protocol, "arm": arm.name, "role": arm.role, "series": arm.series,
+            "classifier": arm.classifier, "k": arm.k, "real": arm.real, "source": arm.source,
+            "per_real": arm.per_real, "transforms": arm.transforms, "init": arm.init,
+            "seed": seed, "n_real_per_class": n_real, "n_extra_per_class": n_extra,
+            "n_train": len(train), **m, "seconds": round(time.time() - t0, 2)}
+
+
+def _check_same(path: Path, stored: dict, settings: dict) -> None:
+    if stored == settings:
+        return
+    diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    raise ValueError(f"{path} was computed with other settings (differing: {', '.join(diff)}); "
+                     f"re-run with the same config or use another --out")
+
+
+def write_csv(rows: list[dict], class_names: list[str], path: Path) -> None:
+    """``results.csv``: one row per arm x seed, scalars, CIs, per-class sensitivity/specificity."""
+    cols = ["protocol", "arm", "role", "series", "classifier", "k", "real", "source", "per_real",
+            "transforms", "init", "seed", "n_real_per_class", "n_extra_per_class", "n_train", "n"]
+    cols += [c for m in CI_METRICS for c in (m, f"{m}_ci95_low", f"{m}_ci95_high")]
+    cols += [f"{kind}_{c}" for c in class_names for kind in ("sensitivity", "specificity")]
+    cols += ["seconds"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            flat = dict(r)
+            for m in CI_METRICS:
+                flat[f"{m}_ci95_low"], flat[f"{m}_ci95_high"] = r["ci95"][m]
+            for c in class_names:
+                flat[f"sensitivity_{c}"] = r["sensitivity"][c]
+                flat[f"specificity_{c}"] = r["specificity"][c]
+            w.writerow(flat)
+    os.replace(tmp, path)
+
+
+def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
+                   command: str | None = None, report: bool = True) -> Path:
+    """Run (or resume) ``protocol`` into ``out``; return ``out/results.json``."""
+    from .report import summarize_rows, write_experiment_plots, write_report
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out / "config.json", asdict(cfg))
+    reproduce = f"medfake experiment {protocol} --config {shlex.quote(str(out / 'config.json'))} " \
+                f"--out {shlex.quote(str(out))}"
+    data = ExperimentData(cfg, out)
+    arms = plan_arms(protocol, cfg, list(data.sources))
+    jobs = [(a, s) for a in arms for s in cfg.seeds]
+    rows, computed = [], 0
+    with tqdm(total=len(jobs), desc=f"experiment {protocol}", unit="arm-seed") as bar:
+        for arm, seed in jobs:
+            path = out / "arms" / arm.slug / f"seed{seed}.json"
+            settings = _settings(arm, seed, cfg, data)
+            if path.is_file():
+                stored = json.loads(path.read_text())
+                _check_same(path, stored["settings"], settings)
+                row = stored["row"]
+            else:
+                bar.set_postfix_str(f"{arm.name} seed {seed}"[:60])
+                row = run_arm_seed(arm, seed, data, protocol)
+                _atomic_json(path, {"settings": settings, "row": row, "command": reproduce})
+                computed += 1
+            rows.append({**row, "file": str(path.relative_to(out))})
+            bar.update(1)
+    log.info("%d arm-seeds computed, %d reused", computed, len(jobs) - computed)
+
+    ref = {name: data.source_dir(name) for name in data.sources}  # reference builds
+    quality, memo = {}, {}
+    if cfg.quality and ref:
+        quality, memo = assess_sources(ref, data.train, data.test, data.names, out, cfg.encoder,
+                                       cfg.memorization_threshold, control=data.control)
+    source_dirs = {n: str(d) for n, d in ref.items()}
+    results = {
+        "format": FORMAT, "protocol": protocol, "config": asdict(cfg),
+        "class_names": data.names, "n_test": len(data.test), "k_shot": cfg.k,
+        "cap_extra_per_class": data.cap(),
+        "datasets": {"real": str(data.real_dir), "control": str(data.control_dir),
+                     "sources": {n: {**{k: v for k, v in s.items() if k != "dir"},
+                                     "dir": source_dirs[n]} for n, s in data.sources.items()}},
+        "arms": [asdict(a) for a in arms], "rows": rows, "summary": summarize_rows(rows),
+        "quality": quality, "memorization": memo,
+        "provenance": provenance(command or invocation(reproduce), {
+            "real": data.real_dir, "control": data.control_dir,
+            **{f"synthetic:{n}": d for n, d in source_dirs.items()}}),
+        "reproduce": reproduce, "computed_arm_seeds": computed,
+    }
+    results["plots"] = write_experiment_plots(results, out / "plots")
+    results["timings_s"] = {"total": round(time.time() - t0, 1)}
+    _atomic_json(out / "results.json", results)
+    write_csv(rows, data.names, out / "results.csv")
+    if report:
+        write_report(out)
+    return out / "results.json"

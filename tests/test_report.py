@@ -1,0 +1,100 @@
+"""`medfake report`: every section present, every inlined image decodes, the Markdown twin's
+images exist; for an experiment dir and for a `medfake run`-format dir."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from medfake.engine.dataset import DatasetInfo, load_split
+from medfake.engine.generators import make_synthetic_dataset
+from medfake.pipelines.cli import main
+from medfake.pipelines.experiment import ExperimentConfig, run_experiment
+from medfake.pipelines.report import SECTIONS, write_report
+from medfake.pipelines.run import _cnn_arm, _concat
+from medfake.pipelines.train_clip import kshot_subset
+
+
+def _check_report(run_dir, expect_in_html=()):
+    html = (run_dir / "report.html").read_text()
+    for sid, _ in SECTIONS:
+        assert f"<h2 id='{sid}'>" in html, sid
+    for text in expect_in_html:
+        assert text in html, text
+    uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert uris and len(uris) == html.count("<img")
+    for u in uris:
+        img = Image.open(io.BytesIO(base64.b64decode(u)))
+        img.load()
+        assert img.size[0] > 10 and img.size[1] > 10
+    assert "src='http" not in html and "href='http" not in html  # no external assets
+    md = (run_dir / "report.md").read_text()
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(refs) == len(uris)
+    for ref in refs:
+        Image.open(run_dir / ref).load()
+    for _, title in SECTIONS:
+        assert f"## {title}" in md
+    return html, md
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(small_world, tmp_path_factory):
+    public, hospital = small_world
+    cfg = ExperimentConfig.from_dict({"real": str(hospital), "control": str(public),
+                                      "seeds": [0, 1], "ratios": [1, 2]}, profile="test")
+    out = tmp_path_factory.mktemp("exp") / "ratio"
+    run_experiment("ratio", cfg, out)  # ends by writing the report
+    return out
+
+
+def test_experiment_report(experiment_dir):
+    res = json.loads((experiment_dir / "results.json").read_text())
+    html, md = _check_report(experiment_dir, ["real-only | k=2", "public (control)",
+                                              "Fréchet distance", "1-NN accuracy",
+                                              "medfake experiment ratio --config",
+                                              "medfake report", "git commit"])
+    assert "classic" in res["quality"] and "classic" in res["memorization"]
+    assert "control corpus (used directly)" in res["quality"]
+    for name in res["class_names"]:
+        assert f"grid_{name}.png" in md
+    assert (experiment_dir / res["memorization"]["classic"]["pairs_png"]).is_file()
+    assert "report_ratio.png" in md  # several ratios -> the ratio curve
+
+
+def test_report_cli_rewrites(experiment_dir, capsys):
+    (experiment_dir / "report.html").unlink()
+    main(["report", str(experiment_dir)])
+    assert str(experiment_dir / "report.html") in capsys.readouterr().out
+    _check_report(experiment_dir)
+
+
+def test_run_dir_report(small_world, tmp_path):
+    """A `medfake run`-format results.json (rows from run.py's own CNN arm function)."""
+    public, hospital = small_world
+    names = DatasetInfo.load(hospital).class_names
+    syn = make_synthetic_dataset({"kind": "classic"}, hospital, 8, 0, tmp_path / "synthetic")
+    train, test = load_split(hospital, "train"), load_split(hospital, "test")
+    synth, pub = load_split(syn, "train"), load_split(public, "train")
+    rows = []
+    for seed in (0, 1):
+        real_k = kshot_subset(train, 3, seed)
+        for arm, data in {"cnn real-only": real_k, "cnn real + synthetic": _concat(real_k, synth),
+                          "cnn control: real + public": _concat(real_k, pub)}.items():
+            rows.append({"arm": arm, "seed": seed, **_cnn_arm(data, test, names, 5, seed)})
+    (tmp_path / "results.json").write_text(json.dumps({
+        "config": {}, "k_shot": 3, "class_names": names, "n_test": len(test), "rows": rows,
+        "timings_s": {}, "synthetic_dir": str(syn), "hospital_dir": str(hospital)}))
+    write_report(tmp_path)
+    html, _ = _check_report(tmp_path, ["cnn control: real + public", "cnn real + synthetic"])
+    assert "Δacc vs control" in html
+
+
+def test_report_missing_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path)])
+    assert e.value.code == 2 and "no results.json" in capsys.readouterr().err
