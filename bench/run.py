@@ -33,6 +33,7 @@ def _unit(b: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
@@ -61,7 +62,8 @@ def main(argv: list[str]) -> int:
            f"GPU section (bench_gpu.py: TensorRT vs ORT-CUDA vs torch+xformers): skipped, "
            f"no CUDA GPU ({cap.cuda().detail}).")
     stamp = datetime.date.today().isoformat()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads 2"
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch threads 2; 1-min load "
+               f"average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     text = ["# Benchmark results", "",
             "Ratios are measured side by side in one run (`make bench`, i.e. "
             "`python bench/run.py`); absolute rates are noisy on shared machines.", "",
