@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -110,23 +110,28 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via tmp + fsync + rename; the old file survives any failure."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], what: str = "",
+                 rerun: str = "re-run the same command") -> None:
+    """Call ``write(f)`` on a temporary file, fsync, rename to ``path``: the old file survives
+    any failure. On a full disk raise ``DiskFullError`` naming ``what`` (default: the path)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         if is_disk_full(e):
-            raise DiskFullError(f"disk full while writing {path}; the previous version of that "
-                                f"file is intact. Free space and re-run the same command.") from e
+            raise DiskFullError(f"disk full while writing {what or path}; the previous version "
+                                f"of that file is intact. Free space and {rerun}.") from e
         raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:

@@ -16,7 +16,6 @@ checkpoints are precision-independent.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
@@ -113,21 +112,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
     On a full disk this raises ``DiskFullError`` with the previous checkpoint untouched.
     """
-    from .dataset import DiskFullError, is_disk_full
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if is_disk_full(e):
-            raise DiskFullError(f"disk full while writing checkpoint {path}; the previous one is "
-                                f"intact. Free space and re-run the same command to resume.") from e
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .dataset import atomic_write
+    atomic_write(path, lambda f: torch.save(obj, f), what=f"checkpoint {path}",
+                 rerun="re-run the same command to resume")
 
 
 def claim_output_dir(out: Path, job: dict[str, Any], filename: str, what: str) -> None:
