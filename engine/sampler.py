@@ -6,6 +6,11 @@ ONNX Runtime and TensorRT, and ``engine.backends.load_model`` loads a model onto
 Schedulers are diffusers schedulers chosen by name and built with ``from_config`` from the
 model's own scheduler config. Classifier-free guidance runs uncond+cond in one UNet batch.
 
+Guidance semantics are diffusers': classifier-free guidance is applied only when
+``guidance_scale > 1`` (``uses_cfg``). At 1 or below, every image is the conditional prediction
+alone, exactly as ``StableDiffusionPipeline`` does, so a class-labelled image is never made from
+the negative prompt alone (which ``g * cond + (1 - g) * uncond`` at ``g = 0`` would do).
+
 Determinism contract: each image's initial noise comes from its own ``torch.Generator`` seeded
 with its own seed, so an image depends on (model, prompt, seed, sampler settings) and not on the
 batch it was generated in (up to float summation order).
@@ -15,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import logging
+
 import numpy as np
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
@@ -22,6 +29,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        UniPCMultistepScheduler)
 
 from .backends.torch_backend import TorchBackend  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -56,6 +65,11 @@ class DiffusionBackend(Protocol):
     # optional: unet_in_channels (int): 2 * latent_channels + 1 for an inpainting UNet
 
 
+def uses_cfg(guidance_scale: float) -> bool:
+    """True when classifier-free guidance runs (diffusers' rule: ``guidance_scale > 1``)."""
+    return guidance_scale > 1.0
+
+
 @dataclass
 class SamplerConfig:
     scheduler: str = "dpm++"
@@ -78,6 +92,9 @@ class Sampler:
             raise ValueError(f"image size {cfg.height}x{cfg.width} must be a multiple of the "
                              f"VAE factor {f}")
         self._uncond_cache: dict[str, torch.Tensor] = {}
+        if cfg.guidance_scale < 1.0:
+            log.warning("guidance_scale %g < 1: no classifier-free guidance (diffusers' rule), "
+                        "the same images as guidance 1", cfg.guidance_scale)
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(prompts, padding="max_length", truncation=True,
@@ -105,18 +122,19 @@ class Sampler:
         if len(prompts) != len(seeds):
             raise ValueError("need exactly one seed per prompt")
         n, g = len(prompts), self.cfg.guidance_scale
+        cfg_on = uses_cfg(g)
         text = self._embed(prompts)
-        if g != 1.0:
+        if cfg_on:
             text = torch.cat([self._uncond(n), text])
         sched = self.scheduler
         sched.set_timesteps(self.cfg.steps, device=self.backend.device)
         latents = self.initial_latents(seeds) * sched.init_noise_sigma
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]  # for stochastic schedulers
         for t in sched.timesteps:
-            x = torch.cat([latents] * 2) if g != 1.0 else latents
+            x = torch.cat([latents] * 2) if cfg_on else latents
             x = sched.scale_model_input(x, t)
             eps = self.backend.unet(x, t, text)
-            if g != 1.0:
+            if cfg_on:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + g * (eps_c - eps_u)
             latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
@@ -157,6 +175,7 @@ class Sampler:
         ``generate``; returns what ``generate`` returns for ``output``.
         """
         n, g = len(prompts), self.cfg.guidance_scale
+        cfg_on = uses_cfg(g)
         if not n == len(seeds) == len(images) == len(masks):
             raise ValueError("need exactly one seed, image and mask per prompt")
         h, w = self.cfg.height, self.cfg.width
@@ -173,7 +192,7 @@ class Sampler:
         m = torch.from_numpy((np.asarray(masks) >= 0.5).astype(np.float32)).unsqueeze(1)
         m_lat = torch.nn.functional.interpolate(m, size=(h // f, w // f)).to(b.device)
         text = self._embed(prompts)
-        if g != 1.0:
+        if cfg_on:
             text = torch.cat([self._uncond(n), text])
         sched = self.scheduler
         sched.set_timesteps(self.cfg.steps, device=b.device)
@@ -183,16 +202,16 @@ class Sampler:
             known, extra = self.encode_images(x), None
         else:
             extra = torch.cat([m_lat, self.encode_images(x * (m < 0.5))], dim=1)
-            extra = torch.cat([extra] * 2) if g != 1.0 else extra
+            extra = torch.cat([extra] * 2) if cfg_on else extra
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
         timesteps = sched.timesteps
         for i, t in enumerate(timesteps):
-            xin = torch.cat([latents] * 2) if g != 1.0 else latents
+            xin = torch.cat([latents] * 2) if cfg_on else latents
             xin = sched.scale_model_input(xin, t)
             if extra is not None:
                 xin = torch.cat([xin, extra], dim=1)
             eps = b.unet(xin, t, text)
-            if g != 1.0:
+            if cfg_on:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + g * (eps_c - eps_u)
             latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None

@@ -45,9 +45,11 @@ def preset_config(preset: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def write_clip_tokenizer_files(out_dir: str | os.PathLike, model_max_length: int = 77) -> Path:
+def write_clip_tokenizer_files(out_dir: str | os.PathLike, model_max_length: int = 77,
+                               pad_token: str = "<|endoftext|>") -> Path:
     """Write the SD 1.x CLIP BPE tokenizer files (vocab.json, merges.txt, tokenizer_config.json)
-    to ``out_dir``, built offline from the vocab file open_clip ships."""
+    to ``out_dir``, built offline from the vocab file open_clip ships. ``pad_token`` is
+    ``<|endoftext|>`` for SD 1.x and ``!`` for SD 2.x (OpenCLIP pads with id 0)."""
     import open_clip
     from open_clip.tokenizer import bytes_to_unicode
 
@@ -63,7 +65,7 @@ def write_clip_tokenizer_files(out_dir: str | os.PathLike, model_max_length: int
     (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+               "unk_token": "<|endoftext|>", "pad_token": pad_token}
     (out / "special_tokens_map.json").write_text(json.dumps(special))
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length,
@@ -71,13 +73,13 @@ def write_clip_tokenizer_files(out_dir: str | os.PathLike, model_max_length: int
     return out
 
 
-def build_clip_tokenizer(model_max_length: int = 77):
-    """A transformers CLIPTokenizer with the SD 1.x vocab, built offline."""
+def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
+    """A transformers CLIPTokenizer with the SD 1.x/2.x vocab, built offline."""
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        return CLIPTokenizer.from_pretrained(write_clip_tokenizer_files(tmp, model_max_length),
-                                             local_files_only=True)
+        return CLIPTokenizer.from_pretrained(
+            write_clip_tokenizer_files(tmp, model_max_length, pad_token), local_files_only=True)
 
 
 @dataclass
@@ -147,6 +149,43 @@ def init_model(preset: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return save_components(build_components(preset, seed), out_dir)
 
 
+def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = None) -> Path:
+    """A random-weight preset as a diffusers dir, built once and then reused.
+
+    The directory is ``<root>/<preset>-<key>`` (``root`` defaults to ``$MEDFAKE_CACHE/models``).
+    ``key`` covers the preset JSON, the seed and the diffusers/transformers versions, so a
+    changed preset or library builds anew. A build writes into a private temp dir and is renamed
+    into place whole: a killed build leaves only a temp dir, and when two processes build at once
+    the first rename wins and the other's copy is discarded.
+    """
+    import diffusers
+    import transformers
+
+    from .paths import cache_dir
+
+    cfg = preset_config(preset)
+    key = hashlib.sha256(json.dumps([cfg, seed, diffusers.__version__, transformers.__version__],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    base = Path(root) if root is not None else cache_dir("models")
+    base.mkdir(parents=True, exist_ok=True)
+    final = base / f"{preset}-{key}"
+    if (final / "model_index.json").is_file():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
+    try:
+        init_model(preset, tmp, seed=seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process published it first: keep theirs
+            if not (final / "model_index.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 TRUST_PICKLE_ENV = "MEDFAKE_TRUST_PICKLE"
 
 
@@ -179,13 +218,17 @@ def _weights_choice(folder: Path, trust_pickle: bool) -> tuple[str | None, bool]
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
     """Return ``model_dir`` as a Path if it looks like a diffusers SD dir, else ModelDirError."""
     d = Path(model_dir)
+    if d.is_file() and d.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth"):
+        raise ModelDirError(f"{d} is a single-file checkpoint, not a diffusers model dir. Convert "
+                            f"it once, offline: `medfake model convert {d} --config "
+                            f"LOCAL_SD_DIR_OR_YAML --out DIR`, then pass DIR")
     if not d.is_dir():
         raise ModelDirError(f"model dir {d} does not exist. Pass a local diffusers Stable Diffusion "
                             f"directory, or create one with `init_model(preset, dir)` / "
                             f"`train_generator(...)` (presets: {', '.join(list_presets())}).")
     if not (d / "model_index.json").is_file():
-        hint = " It looks like a single-file checkpoint; convert it with diffusers' " \
-               "`StableDiffusionPipeline.from_single_file(...).save_pretrained(dir)`." \
+        hint = " It holds a single-file checkpoint; convert it with `medfake model convert " \
+               "FILE --config LOCAL_SD_DIR_OR_YAML --out DIR`." \
             if any(d.glob("*.ckpt")) or any(d.glob("*.safetensors")) else ""
         raise ModelDirError(f"{d} is not a diffusers model dir: no model_index.json.{hint} "
                             f"Expected model_index.json and folders {', '.join(COMPONENTS)}.")

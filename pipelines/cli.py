@@ -72,6 +72,11 @@ def _cmd_model_init(a: argparse.Namespace) -> None:
     print(init_model(a.preset, a.out, seed=a.seed))
 
 
+def _cmd_model_convert(a: argparse.Namespace) -> None:
+    from ..engine.single_file import convert_single_file
+    print(convert_single_file(a.checkpoint, a.config, a.out, trust_pickle=a.trust_pickle))
+
+
 def _cmd_train_generator(a: argparse.Namespace) -> None:
     from .train_generator import GeneratorTrainConfig, cached_generator, train_generator
     cfg = GeneratorTrainConfig.profile(a.profile)
@@ -319,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--out", required=True)
     mi.add_argument("--seed", type=int, default=0)
     mi.set_defaults(fn=_cmd_model_init)
+    mc = model.add_parser("convert", help="a single-file checkpoint (*.safetensors / *.ckpt, "
+                          "original LDM layout) to a diffusers directory, offline")
+    mc.add_argument("checkpoint", help="the single-file checkpoint")
+    mc.add_argument("--config", required=True, help="a local diffusers SD dir of the same "
+                    "architecture, or the checkpoint's original *.yaml (v1-inference.yaml, ...)")
+    mc.add_argument("--out", required=True, help="new directory for the diffusers model")
+    mc.add_argument("--trust-pickle", action="store_true",
+                    help="allow a pickled .ckpt (read with torch.load(weights_only=True))")
+    mc.set_defaults(fn=_cmd_model_convert)
 
     train = sub.add_parser("train", help="training").add_subparsers(dest="sub", required=True)
     tg = train.add_parser("generator", help="pretrain the tiny SD on a captioned corpus (cached)")

@@ -25,3 +25,64 @@ def small_world(tmp_path_factory):
     return make_phantom_world(out, PhantomConfig(n_public_per_class=40, n_train_per_class=12,
                                                  n_val_per_class=4, n_test_per_class=10,
                                                  samples_per_shard=32))
+
+
+# ---------------------------------------------------------------- real-size models
+
+_RESOURCE_ROWS: list[tuple[str, float, float]] = []
+
+
+@pytest.fixture
+def record_resources(request):
+    """Wall time and peak RSS (this process plus its children, sampled every 0.2 s) of a test,
+    reported in the terminal summary: the figures the real-size tests are budgeted by."""
+    import threading
+    import time
+
+    import psutil
+
+    me, peak, stop = psutil.Process(), [0], threading.Event()
+
+    def rss() -> int:
+        total = me.memory_info().rss
+        for c in me.children(recursive=True):
+            try:
+                total += c.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def sample():
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], rss())
+
+    t = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    yield
+    stop.set()
+    t.join()
+    _RESOURCE_ROWS.append((request.node.nodeid, time.perf_counter() - t0, peak[0] / 2**30))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _RESOURCE_ROWS:
+        terminalreporter.section("real-size tests: wall time and peak RSS")
+        for nodeid, wall, gib in _RESOURCE_ROWS:
+            terminalreporter.write_line(f"{wall:7.1f} s  {gib:5.1f} GiB  {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def realsize_model():
+    """``realsize_model(preset)``: a random-weight real-size model dir (published architecture:
+    ``sd15``, ``sd21``, ``sd15-inpaint``), built once per machine.
+
+    Kept under ``$MEDFAKE_TEST_MODELS`` (default ``~/.cache/medfake/test-models``), outside the
+    per-session cache, keyed by preset content and library versions (``cached_model``)."""
+    import os
+    from pathlib import Path
+
+    from medfake.engine.sd_model import cached_model
+    root = os.environ.get("MEDFAKE_TEST_MODELS",
+                          str(Path.home() / ".cache" / "medfake" / "test-models"))
+    return lambda preset: cached_model(preset, seed=0, root=root)

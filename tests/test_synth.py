@@ -37,6 +37,24 @@ def test_loop_matches_stock_pipeline_and_is_batch_invariant(model_dir):
     assert np.abs((ref * 255).round().astype(int) - two.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("g", [0.0, 0.5, 1.0, 4.0])
+def test_guidance_semantics_equal_diffusers(model_dir, g):
+    """CFG only when guidance > 1 (diffusers' rule); below 1 the image is the conditional one,
+    never one made from the negative prompt."""
+    comps = load_components(model_dir)
+    cfg = SamplerConfig(scheduler="dpm++", steps=3, guidance_scale=g, height=32, width=32,
+                        negative_prompt="noise")
+    sampler = Sampler(TorchBackend(comps), comps.tokenizer, comps.scheduler.config, cfg)
+    prompts = ["a CT image of a liver cyst"]
+    ours = sampler.generate(prompts, [5])
+    pipe = comps.pipeline()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompts, negative_prompt=["noise"], height=32, width=32, num_inference_steps=3,
+               guidance_scale=g, latents=sampler.initial_latents([5]), output_type="np").images
+    assert np.abs((ref * 255).round().astype(int) - ours.astype(int)).max() <= 1
+
+
 def test_unknown_scheduler_is_a_clear_error(model_dir):
     with pytest.raises(ValueError, match="unknown scheduler 'nope'.*ddim"):
         make_scheduler("nope", {})

@@ -1,0 +1,160 @@
+"""Real-size Stable Diffusion, random weights from the published architecture configs (no hub):
+SD 1.5, SD 2.1 (v-prediction, 1024-d OpenCLIP-shaped text tower, linear projections) and SD 1.5
+inpainting (9-channel UNet), at their native 512x512 with 2 denoising steps.
+
+- medfake's torch loop equals stock diffusers (same seed, scheduler, guidance) within one grey
+  level at guidance 0, 0.5, 1 and 4 (diffusers' rule: no CFG at or below 1);
+- the SD 1.5 ONNX export (external data, > 2 GB UNet) validates and the ONNX backend matches
+  torch;
+- inpaint and inpaint-then-outpaint jobs run on the 9-channel model;
+- two DreamBooth LoRA steps run and the adapter loads with stock ``load_lora_weights``.
+
+The models are built once per machine (``realsize_model`` in conftest.py, ~40 s each). Each test
+records its wall time and peak RSS (terminal summary). Heavy stages run one at a time, and the
+export runs in its own process, so the suite's peak stays near one stage's (~14 GB).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler
+
+from medfake.engine.dataset import DatasetInfo, DatasetWriter, Sample, load_split
+from medfake.engine.sampler import Sampler, SamplerConfig, TorchBackend
+from medfake.engine.sd_model import load_components
+
+SIZE, STEPS, SEED = 512, 2, 7
+PROMPT = "a CT image of a liver metastasis"
+pytestmark = pytest.mark.usefixtures("record_resources")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+    gc.collect()
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sd21"])
+def test_torch_loop_equals_stock_pipeline_at_every_guidance_scale(preset, realsize_model):
+    comps = load_components(realsize_model(preset))
+    assert comps.unet.config.sample_size * 8 >= SIZE
+    if preset == "sd21":
+        assert comps.scheduler.config.prediction_type == "v_prediction"
+        assert comps.text_encoder.config.hidden_size == 1024
+        assert comps.unet.config.use_linear_projection
+    backend = TorchBackend(comps, attention="sdpa")
+    pipe = comps.pipeline()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(comps.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    images = {}
+    for g in (0.0, 0.5, 1.0, 4.0):
+        cfg = SamplerConfig(scheduler="dpm++", steps=STEPS, guidance_scale=g, height=SIZE,
+                            width=SIZE)
+        sampler = Sampler(backend, comps.tokenizer, comps.scheduler.config, cfg)
+        ours = sampler.generate([PROMPT], [SEED])
+        with torch.inference_mode():
+            ref = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                       guidance_scale=g, latents=sampler.initial_latents([SEED]),
+                       output_type="np").images
+        ref = (ref * 255).round().astype(int)
+        assert ours.shape == (1, SIZE, SIZE, 3)
+        diff = np.abs(ref - ours.astype(int)).max()
+        assert diff <= 1, f"{preset} guidance {g}: max diff {diff} grey levels vs stock"
+        images[g] = ours
+    # diffusers' rule: no guidance at or below 1 (the same image), guidance above 1 changes it.
+    assert np.array_equal(images[0.0], images[1.0]) and np.array_equal(images[0.5], images[1.0])
+    assert not np.array_equal(images[4.0], images[1.0])
+
+
+def test_sd15_onnx_export_validates_and_onnx_backend_matches_torch(tmp_path, realsize_model):
+    from medfake.engine.backends import load_model
+    from medfake.export.manifest import ExportManifest
+
+    model = realsize_model("sd15")
+    out = tmp_path / "onnx"
+    p = subprocess.run([sys.executable, "-m", "medfake.pipelines.cli", "export", "onnx",
+                        "--model", str(model), "--out", str(out)],
+                       capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    manifest = ExportManifest.load(out)
+    unet = manifest.components["unet"]
+    assert unet["external_data"] and (out / "unet" / "model.onnx.data").stat().st_size > 2**31
+    for name, comp in manifest.components.items():
+        assert comp["validation"] and all(r["ok"] for r in comp["validation"]), name
+
+    cfg = SamplerConfig(scheduler="dpm++", steps=STEPS, guidance_scale=4.0, height=SIZE,
+                        width=SIZE)
+    torch_img = load_model(str(model), "torch").sampler(cfg).generate([PROMPT], [SEED],
+                                                                      output="float")
+    gc.collect()
+    onnx_img = load_model(str(out), "onnx", threads=2).sampler(cfg).generate(
+        [PROMPT], [SEED], output="float")
+    diff = np.abs(onnx_img - torch_img).max() * 255
+    assert diff <= 1.0, f"ONNX vs torch: max diff {diff:.3f} grey levels"
+
+
+def _one_image_dataset(root, size: int = 64) -> str:
+    """One real 64x64 'lesion' image in one class: the source image of the conditioned modes."""
+    yy, xx = np.mgrid[:size, :size]
+    img = np.clip(90 + 80 * (((yy - 30) ** 2 + (xx - 34) ** 2) < 140), 0, 255).astype(np.uint8)
+    templates = {"metastasis": [PROMPT]}
+    with DatasetWriter(root, ["metastasis"], templates, {"test": True}, size, 1, 8) as w:
+        w.add("train", Sample("p0-0", img, 0, PROMPT, {"patient_id": "p0"}))
+    return str(root)
+
+
+def test_inpaint_and_inpaint_outpaint_run_on_the_9_channel_model(tmp_path, realsize_model):
+    from medfake.pipelines.synth import SynthConfig, synthesize
+
+    model = realsize_model("sd15-inpaint")
+    real = _one_image_dataset(tmp_path / "real")
+    for mode in ("inpaint", "inpaint-outpaint"):
+        out = synthesize(SynthConfig(model_dir=str(model), real_dataset=real,
+                                     out_dir=str(tmp_path / mode), mode=mode, per_class=1,
+                                     steps=STEPS, image_size=SIZE, backend="torch",
+                                     batch_size=1, threads=2))
+        info = DatasetInfo.load(out)
+        assert info.count("train") == 1 and not info.verify()
+        syn = load_split(out, "train")
+        assert syn.images.shape[1:3] == (SIZE, SIZE)
+        meta = syn.metas[0]
+        assert meta["mode"] == mode and meta["source_key"] == "p0-0", meta
+        assert json.loads(json.dumps(meta))["backend"] == "torch"
+
+
+def test_dreambooth_lora_two_steps_and_stock_load_lora_weights(small_world, tmp_path,
+                                                               realsize_model):
+    from diffusers import StableDiffusionPipeline
+
+    from medfake.pipelines.dreambooth import DreamBoothConfig, finetune_dreambooth
+
+    _, hospital = small_world
+    base = realsize_model("sd15")
+    cfg = DreamBoothConfig(k=1, steps=2, batch_size=1, lora_rank=4, image_size=64,
+                           prior_preservation=False, checkpoint_every=100)
+    out = finetune_dreambooth(base, hospital, tmp_path / "db", cfg)
+    lora = out / "lora" / "pytorch_lora_weights.safetensors"
+    assert lora.is_file() and lora.stat().st_size < 50 * 2**20
+
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def latents() -> torch.Tensor:
+        return pipe("a CT image of a liver cyst sks", height=64, width=64, num_inference_steps=1,
+                    generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+    plain = latents()
+    pipe.load_lora_weights(out / "lora")
+    adapted = latents()
+    assert torch.isfinite(adapted).all()
+    assert not torch.equal(plain, adapted)
