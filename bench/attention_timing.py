@@ -4,7 +4,7 @@ Usage: python bench/attention_timing.py THREADS LATENT_SIZE BATCH ROUNDS
 """
 import sys, time, statistics, torch
 from diffusers import UNet2DConditionModel
-from medfake.engine.sd_model import preset_config
+from medfake.engine.diffusion.sd_model import preset_config
 from medfake.kernels.attention import apply_attention
 threads, size, B, rounds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads); torch.manual_seed(0)

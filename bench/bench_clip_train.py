@@ -34,8 +34,8 @@ PEER_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+ .*?Data \(t\): ([\d.]+)
 
 
 def default_shards() -> Path:
-    from medfake.engine.paths import cache_dir
-    from medfake.engine.phantoms import PhantomConfig, make_phantom_world
+    from medfake.engine.core.paths import cache_dir
+    from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
     world = cache_dir("bench", "clip-world")
     if not (world / "public" / "dataset.json").exists():
         make_phantom_world(world, PhantomConfig())

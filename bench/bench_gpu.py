@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medfake.engine import capabilities as cap
-from medfake.engine.backends import load_model
-from medfake.engine.sampler import SamplerConfig
-from medfake.engine.sd_model import init_model
+from medfake.engine.core import capabilities as cap
+from medfake.pipelines.models import load_model
+from medfake.engine.diffusion.sampler import SamplerConfig
+from medfake.engine.diffusion.sd_model import init_model
 
 BATCH, STEPS, ROUNDS = 16, 20, 5
 GROUP = f"GPU synthesis images/s (tiny SD, {STEPS} DPM++ steps, CFG, batch {BATCH})"

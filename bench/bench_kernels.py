@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medfake.engine.sd_model import preset_config
+from medfake.engine.diffusion.sd_model import preset_config
 from medfake.kernels.attention import apply_attention
 
 BATCH, ROUNDS, ITERATIONS = 16, 10, 5

@@ -39,12 +39,14 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from medfake.engine.dataset import DatasetInfo, Sample
-from medfake.engine.phantoms import PhantomConfig, make_phantom_world
-from medfake.engine.sd_model import init_model
-from medfake.engine.shard_pool import ShardWriter, encode_sample
-from medfake.engine.sampler_streams import threads_per_stream
-from medfake.pipelines.synth import SynthConfig, load_samplers, plan_samples, run_job
+from medfake.engine.data.reader import DatasetInfo
+from medfake.engine.data.format import Sample
+from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
+from medfake.engine.diffusion.sd_model import init_model
+from medfake.engine.synth.shard_pool import ShardWriter, encode_sample
+from medfake.engine.diffusion.streams import threads_per_stream
+from medfake.pipelines.synth import SynthConfig, load_samplers, run_job
+from medfake.engine.synth.plan import plan_samples
 
 BATCH, STEPS, GUIDANCE, ROUNDS = 8, 20, 4.0, 3
 # Threads of both sides (torch intra-op / ORT intra-op). 2 on an idle 2-core machine; on a shared

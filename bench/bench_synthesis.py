@@ -18,11 +18,11 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from medfake.engine.backends import load_model
-from medfake.engine.dataset import encode_png
-from medfake.engine.sampler import SamplerConfig
-from medfake.engine.sampler_streams import SamplerStreams, resolve_streams, threads_per_stream
-from medfake.engine.sd_model import init_model
+from medfake.pipelines.models import load_model
+from medfake.engine.data.format import encode_png
+from medfake.engine.diffusion.sampler import SamplerConfig
+from medfake.engine.diffusion.streams import SamplerStreams, resolve_streams, threads_per_stream
+from medfake.engine.diffusion.sd_model import init_model
 
 BATCH, BATCHES, STEPS, GUIDANCE, ROUNDS, THREADS = 8, 4, 20, 4.0, 5, 2
 PROMPTS = ["a CT image of a liver cyst", "a CT image of a liver metastasis"] * (BATCH // 2)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medfake.engine.sd_model import init_model, load_components
+from medfake.engine.diffusion.sd_model import init_model, load_components
 from medfake.export.onnx_export import OnnxExportConfig, export_onnx
 from medfake.kernels.attention import apply_attention
 

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import torch
 
-from medfake.engine.classifiers import CLASSIFIER_ARCHS, predict_proba, train_classifier
-from medfake.engine.dataset import load_split
-from medfake.engine.metrics import classification_metrics
+from medfake.engine.evaluation.classifiers import CLASSIFIER_ARCHS, predict_proba, train_classifier
+from medfake.engine.data.reader import load_split
+from medfake.engine.evaluation.metrics import classification_metrics
 
 torch.set_num_threads(1)
 hosp = sys.argv[1]

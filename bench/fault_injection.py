@@ -80,7 +80,9 @@ def _run_to_end(kind: str, args: dict, workdir: Path) -> float:
 
 def _visible_state(out: Path) -> dict:
     """Check what a killed job left visible; return counts for the summary."""
-    from medfake.engine.dataset import DatasetError, iter_tar_samples, sha256_file
+    from medfake.engine.data.format import DatasetError
+    from medfake.engine.data.reader import iter_tar_samples
+    from medfake.engine.core.atomic import sha256_file
 
     registered = bad = unregistered = 0
     for m in sorted(out.glob("train-*.json")):
@@ -142,7 +144,7 @@ def _synth_probe(out: Path) -> dict:
 
 
 def _train_probe(out: Path) -> dict:
-    from medfake.engine.safe_load import load_checkpoint
+    from medfake.engine.core.safe_load import load_checkpoint
 
     ck = out / "checkpoint.pt"
     if not ck.exists():
@@ -199,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         os.environ.update({k: v for k, v in _env(work).items() if k != "PYTHONWARNINGS"})
-        from medfake.engine.phantoms import PhantomConfig, make_phantom_world
-        from medfake.engine.sd_model import init_model
+        from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
+        from medfake.engine.diffusion.sd_model import init_model
 
         public, hospital = make_phantom_world(work / "world", PhantomConfig(
             n_public_per_class=60, n_train_per_class=8, n_val_per_class=2, n_test_per_class=2,

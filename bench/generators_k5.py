@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medfake.engine.classifiers import predict_proba, train_classifier
-from medfake.engine.dataset import SplitArrays, load_split
-from medfake.engine.generators import GeneratorSpec, make_synthetic_dataset
-from medfake.engine.metrics import classification_metrics
-from medfake.engine.paths import cache_dir
-from medfake.engine.phantoms import PhantomConfig, make_phantom_world
-from medfake.engine.seeding import derive_seed
-from medfake.pipelines.train_clip import kshot_subset
+from medfake.engine.evaluation.classifiers import predict_proba, train_classifier
+from medfake.engine.data.format import SplitArrays
+from medfake.engine.data.reader import load_split
+from medfake.pipelines.generators import GeneratorSpec, make_synthetic_dataset
+from medfake.engine.evaluation.metrics import classification_metrics
+from medfake.engine.core.paths import cache_dir
+from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
+from medfake.engine.core.seeding import derive_seed
+from medfake.engine.data.kshot import kshot_subset
 from medfake.pipelines.train_generator import cached_generator
 
 K = 5

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np, torch
 torch.set_num_threads(1)
-from medfake.engine.dataset import load_split
-from medfake.engine.memorization import audit_memorization
-from medfake.engine.sample_quality import load_encoder
+from medfake.engine.data.reader import load_split
+from medfake.engine.evaluation.memorization import audit_memorization
+from medfake.engine.evaluation.quality import load_encoder
 P, CLIP = sys.argv[1], sys.argv[2]
 pub = load_split(P, 'train')
 rng = np.random.default_rng(0)

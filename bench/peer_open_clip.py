@@ -29,7 +29,7 @@ ENTRY_FLAG = "--as-peer"
 
 def peer_site() -> Path:
     """``<cache>/bench/peer-site`` with PEER_PACKAGES installed (once)."""
-    from medfake.engine.paths import cache_dir
+    from medfake.engine.core.paths import cache_dir
     site = cache_dir("bench", "peer-site")
     marker = site / ".medfake-peer-ok"
     if not marker.exists():

@@ -12,11 +12,11 @@ import tempfile
 
 import numpy as np
 
-from medfake.engine.classifiers import predict_proba, train_classifier
-from medfake.engine.dataset import load_split
-from medfake.engine.metrics import classification_metrics
-from medfake.engine.phantoms import CLASS_NAMES, PhantomConfig, make_phantom_world
-from medfake.pipelines.train_clip import kshot_subset
+from medfake.engine.evaluation.classifiers import predict_proba, train_classifier
+from medfake.engine.data.reader import load_split
+from medfake.engine.evaluation.metrics import classification_metrics
+from medfake.engine.data.phantoms import CLASS_NAMES, PhantomConfig, make_phantom_world
+from medfake.engine.data.kshot import kshot_subset
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
             rows.append(f"| {group} | {c['name']}: {_rate(c):.2f} {_unit(c)}/s | "
                         f"{base['name']}: {base_rate:.2f} {_unit(base)}/s | "
                         f"**{_rate(c) / base_rate:.2f}x** |")
-    from medfake.engine import capabilities as cap
+    from medfake.engine.core import capabilities as cap
     gpu = ("GPU section: ran." if cap.cuda().available else
            f"GPU section (bench_gpu.py: TensorRT vs ORT-CUDA vs torch+xformers): skipped, "
            f"no CUDA GPU ({cap.cuda().detail}).")

@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.workdir or tmp)
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore",
                "MEDFAKE_CACHE": os.environ.get("MEDFAKE_CACHE", str(work / "cache"))}
-        setup = ("from medfake.engine.phantoms import PhantomConfig, make_phantom_world\n"
-                 "from medfake.engine.sd_model import init_model\n"
+        setup = ("from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world\n"
+                 "from medfake.engine.diffusion.sd_model import init_model\n"
                  f"make_phantom_world({str(work / 'world')!r}, PhantomConfig(n_public_per_class=1,"
                  " n_train_per_class=2, n_val_per_class=1, n_test_per_class=1))\n"
                  f"init_model('tiny', {str(work / 'tiny')!r})\n"
-                 "from medfake.engine.backends import load_model\n"   # export once, untimed
+                 "from medfake.pipelines.models import load_model\n"   # export once, untimed
                  f"load_model({str(work / 'tiny')!r}, {a.backend!r})\n")
         if not (work / "tiny").exists():
             subprocess.run([sys.executable, "-c", setup], check=True, env=env,

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from medfake.bench.bench_synthesis import PER_ROUND, medfake_runner, stock_runner
-from medfake.engine.sd_model import init_model
+from medfake.engine.diffusion.sd_model import init_model
 
 
 def main(threads: int = 2, rounds: int = 5) -> None:

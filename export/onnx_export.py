@@ -28,9 +28,10 @@ import onnx
 import torch
 from torch import nn
 
-from ..engine.sd_model import check_model_dir, load_components, model_hash
-from .components import COMPONENT_NAMES, SPECS, ComponentSpec, ModelGeometry
-from .manifest import ExportError, ExportManifest
+from ..engine.diffusion.sd_model import check_model_dir, load_components, model_hash
+from ..engine.diffusion.backends.components import (COMPONENT_NAMES, SPECS, ComponentSpec,
+                                                    ModelGeometry)
+from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..engine import capabilities as cap
-from ..engine.paths import cache_dir
-from .components import SPECS, ModelGeometry
-from .manifest import ExportError, ExportManifest
+from ..engine.core import capabilities as cap
+from ..engine.core.paths import cache_dir
+from ..engine.diffusion.backends.components import SPECS, ModelGeometry
+from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _validate_engines(out: Path, manifest: ExportManifest, onnx_dir: str,
     import onnxruntime as ort
     import torch
 
-    from ..engine.backends.trt_backend import TrtEngine
+    from ..engine.diffusion.backends.trt_backend import TrtEngine
     bad = []
     for name, entry in manifest.components.items():
         spec = SPECS[name]

@@ -2,7 +2,7 @@
 
 SD's ``ResnetBlock2D`` runs ``norm1 -> SiLU -> conv1`` and ``norm2 -> SiLU -> dropout -> conv2``;
 eager PyTorch reads and writes the activation once for the norm and again for the SiLU. The
-Triton kernel (``_triton_groupnorm_silu``) does both in one pass over each (sample, group).
+Triton kernel (``triton_groupnorm_silu``) does both in one pass over each (sample, group).
 
 Contract of :func:`group_norm_silu` with ``backend``:
 
@@ -51,7 +51,7 @@ def _triton_import() -> tuple[object | None, str]:
     if importlib.util.find_spec("triton") is None:
         return None, "triton is not installed (pip install triton; it ships with CUDA torch wheels)"
     try:
-        from . import _triton_groupnorm_silu as mod
+        from . import triton_groupnorm_silu as mod
     except Exception as exc:
         return None, f"triton failed to import ({type(exc).__name__}: {exc})"
     return mod, "triton imports"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _cmd_phantoms(a: argparse.Namespace) -> None:
-    from ..engine.phantoms import PhantomConfig, make_phantom_world
+    from ..engine.data.phantoms import PhantomConfig, make_phantom_world
     cfg = PhantomConfig(image_size=a.size, seed=a.seed, n_public_per_class=a.public_per_class,
                         n_train_per_class=a.train_per_class, n_val_per_class=a.val_per_class,
                         n_test_per_class=a.test_per_class)
@@ -22,7 +22,7 @@ def _cmd_phantoms(a: argparse.Namespace) -> None:
 
 
 def _cmd_data_info(a: argparse.Namespace) -> None:
-    from ..engine.dataset import DatasetInfo
+    from ..engine.data.reader import DatasetInfo
     info = DatasetInfo.load(a.dir)
     for split, s in info.splits.items():
         print(f"{split:8s} {s['count']:7d}  {json.dumps(s['per_class'])}  shards={len(s['shards'])}")
@@ -68,12 +68,12 @@ def _trust_pickle(a: argparse.Namespace) -> None:
 
 
 def _cmd_model_init(a: argparse.Namespace) -> None:
-    from ..engine.sd_model import init_model
+    from ..engine.diffusion.sd_model import init_model
     print(init_model(a.preset, a.out, seed=a.seed))
 
 
 def _cmd_model_convert(a: argparse.Namespace) -> None:
-    from ..engine.single_file import convert_single_file
+    from ..engine.diffusion.single_file import convert_single_file
     print(convert_single_file(a.checkpoint, a.config, a.out, trust_pickle=a.trust_pickle))
 
 
@@ -130,7 +130,7 @@ def _cmd_synth_status(a: argparse.Namespace) -> None:
 
 def _cmd_train_clip(a: argparse.Namespace) -> None:
     _trust_pickle(a)
-    from ..engine.distributed import destroy_process_group, rank
+    from ..engine.core.distributed import destroy_process_group, rank
     from .train_clip import ClipTrainConfig, fewshot_summary, pretrain_clip
     given = {"model": a.model, "steps": a.steps, "epochs": a.epochs, "batch_size": a.batch_size,
              "lr": a.lr, "workers": a.workers, "augment": a.augment,
@@ -623,8 +623,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(_drop_local_rank(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..engine.capabilities import CapabilityError
-    from ..engine.dataset import DatasetError
+    from ..engine.core.capabilities import CapabilityError
+    from ..engine.data.format import DatasetError
     try:
         args.fn(args)
     except (DatasetError, ValueError, FileNotFoundError, CapabilityError) as e:

@@ -26,9 +26,9 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from ..engine.dataset import (SHARD_RE, DatasetInfo, SampleValidator, SkipLog,
-                              iter_shard_tolerant)
-from ..engine.deid import pixel_sha256
+from ..engine.data.format import SHARD_RE
+from ..engine.data.reader import DatasetInfo, SampleValidator, SkipLog, iter_shard_tolerant
+from ..engine.importers.deid import pixel_sha256
 
 DERIVED_MODES = {"inpaint", "outpaint", "inpaint-outpaint", "img2img"}
 HELD_OUT = ("val", "test")

@@ -1,12 +1,12 @@
 """`medfake doctor`: what this machine can run, and which backend each stage will use."""
 from __future__ import annotations
 
-from ..engine import capabilities as cap
+from ..engine.core import capabilities as cap
 
 
 def stage_plan() -> list[tuple[str, str]]:
     """(stage, what it will use here) for each stage of the chain."""
-    from ..engine.backends import BACKENDS, resolve_backend
+    from ..engine.diffusion.backends import BACKENDS, resolve_backend
     from ..kernels.attention import resolve_attention
     from ..kernels.groupnorm_silu import triton_status
     gpu = cap.cuda().available
@@ -16,7 +16,7 @@ def stage_plan() -> list[tuple[str, str]]:
     synth_note = f"{synth}" + (f" (not: {'; '.join(f'{k}: {v}' for k, v in why_not.items())})"
                                if why_not else "")
     if synth == "onnx":
-        from ..engine.backends.ort_backend import select_providers
+        from ..engine.diffusion.backends.ort_backend import select_providers
         provs = [p if isinstance(p, str) else p[0] for p in select_providers("auto")]
         synth_note += f", providers {provs}"
     ok, reason = triton_status(device)

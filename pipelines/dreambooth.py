@@ -50,14 +50,16 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ..engine.dataset import (DatasetInfo, Sample, SplitArrays, finalize_dataset, list_shards,
-                              load_split, sha256_file, shard_name, write_shard)
-from ..engine.safe_load import load_checkpoint
-from ..engine.sd_model import SDComponents, load_components, model_hash, save_components
-from ..engine.seeding import derive_seed
-from ..engine.train_accel import (Precision, atomic_torch_save, claim_output_dir, make_adamw,
-                                  require_8bit_adam, resolve_device)
-from .train_generator import TrainingStopped
+from ..engine.data.reader import DatasetInfo, load_split
+from ..engine.data.format import Sample, SplitArrays, shard_name
+from ..engine.data.writer import finalize_dataset, list_shards, write_shard
+from ..engine.core.atomic import sha256_file
+from ..engine.core.safe_load import load_checkpoint
+from ..engine.diffusion.sd_model import SDComponents, load_components, model_hash, save_components
+from ..engine.core.seeding import derive_seed
+from ..engine.training.accel import (Precision, atomic_torch_save, claim_output_dir, make_adamw,
+                                     require_8bit_adam, resolve_device)
+from ..engine.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
 MARKER, JOB, CHECKPOINT = "medfake_dreambooth.json", "dreambooth_job.json", "checkpoint.pt"
@@ -404,7 +406,7 @@ def finetune_dreambooth(base_model: str | os.PathLike, real_dataset: str | os.Pa
     from its checkpoint. ``stop_after=n`` raises TrainingStopped after n optimisation steps of
     this call without saving, emulating a kill (tests, time-sliced runs).
     """
-    from .train_clip import kshot_subset
+    from ..engine.data.kshot import kshot_subset
 
     cfg = cfg or DreamBoothConfig()
     out, t0 = Path(out_dir), time.time()

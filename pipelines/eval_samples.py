@@ -11,7 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..engine.dataset import DatasetError, DatasetInfo, SplitArrays, load_split
+from ..engine.data.format import DatasetError, SplitArrays
+from ..engine.data.reader import DatasetInfo, load_split
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _provenance(real: str, real_split: str, synthetic: str, synthetic_split: str
 def eval_quality(real: str, synthetic: str, out: str, split: str = "test",
                  synthetic_split: str = "train", encoder: str = "pixel") -> Path:
     """Write ``OUT/quality.json`` (``sample_quality.quality_report`` plus the inputs)."""
-    from ..engine.sample_quality import load_encoder, quality_report
+    from ..engine.evaluation.quality import load_encoder, quality_report
     enc = load_encoder(encoder)
     info, r, s = _load_pair(real, split, synthetic, synthetic_split)
     report = quality_report(r, s, enc, info.class_names)
@@ -50,8 +51,8 @@ def eval_memorization(real: str, synthetic: str, out: str, real_split: str = "tr
                       threshold: float | None = None, max_pairs: int = 16) -> dict:
     """Write ``memorization.json``, ``memorization_pairs.png``, ``memorization_hist.png`` into
     ``out``; return the JSON summary."""
-    from ..engine.memorization import audit_memorization, distance_histogram, pair_grid
-    from ..engine.sample_quality import load_encoder
+    from ..engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
+    from ..engine.evaluation.quality import load_encoder
     if threshold is not None and threshold < 0:
         raise ValueError(f"--threshold must be >= 0, got {threshold}")
     enc = load_encoder(encoder)

@@ -33,7 +33,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..engine.dataset import SplitArrays, load_split, sha256_file
+from ..engine.data.format import SplitArrays
+from ..engine.data.reader import load_split
+from ..engine.core.atomic import sha256_file
 from .experiment_data import CI_METRICS, ExperimentData, draw_per_class
 from .protocols import CONTROL, PROTOCOLS, Arm, plan_arms, slugify
 
@@ -120,8 +122,8 @@ class ExperimentConfig:
         return cls.from_dict(d, profile)
 
     def validate(self) -> None:
-        from ..engine.classifiers import CLASSIFIER_ARCHS
-        from ..engine.phantoms import PhantomConfig
+        from ..engine.evaluation.classifiers import CLASSIFIER_ARCHS
+        from ..engine.data.phantoms import PhantomConfig
         ok = (*CLASSIFIER_ARCHS, "clip")
         bad = [c for c in self.classifiers if c not in ok]
         if bad or not self.classifiers:
@@ -206,8 +208,8 @@ def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArra
     of each synthetic dataset dir; pair grids and histograms go to ``out_dir/memorization``.
     ``control``: also the quality of the control corpus (as many images per class as the
     largest source), the reference a generator should beat. Returns (quality, memorization)."""
-    from ..engine.memorization import audit_memorization, distance_histogram, pair_grid
-    from ..engine.sample_quality import load_encoder, quality_report
+    from ..engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
+    from ..engine.evaluation.quality import load_encoder, quality_report
     enc = load_encoder(encoder)
     mdir = out_dir / "memorization"
     mdir.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.dataset import (DatasetInfo, DatasetWriter, Sample, SplitArrays, load_split,
-                              sha256_file)
-from ..engine.generators import GeneratorSpec, make_synthetic_dataset
-from ..engine.metrics import bootstrap_ci, classification_metrics
-from ..engine.paths import cache_dir
-from ..engine.phantoms import PhantomConfig, make_phantom_world
-from ..engine.seeding import derive_seed
+from ..engine.data.reader import DatasetInfo, load_split
+from ..engine.data.writer import DatasetWriter
+from ..engine.data.format import Sample, SplitArrays
+from ..engine.core.atomic import sha256_file
+from .generators import GeneratorSpec, make_synthetic_dataset
+from ..engine.evaluation.metrics import bootstrap_ci, classification_metrics
+from ..engine.core.paths import cache_dir
+from ..engine.data.phantoms import PhantomConfig, make_phantom_world
+from ..engine.core.seeding import derive_seed
 from .protocols import CONTROL, Arm
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def draw_per_class(pool: SplitArrays, n: int, seed: int, n_classes: int) -> Spli
 
 
 def _kshot(train: SplitArrays, k: int | str, seed: int) -> SplitArrays:
-    from .train_clip import kshot_subset
+    from ..engine.data.kshot import kshot_subset
     return train if k == "all" else kshot_subset(train, int(k), seed)
 
 
@@ -242,14 +244,14 @@ class ExperimentData:
     def fit_predict(self, arm: Arm, train: SplitArrays, seed: int) -> np.ndarray:
         """Train the arm's classifier on ``train``; class probabilities on the real test split."""
         if arm.classifier == "clip":
-            from ..engine.clip_classify import predict_proba as clip_proba
+            from ..engine.evaluation.clip_classify import predict_proba as clip_proba
             from .train_clip import finetune_classifier
             init = self.clip_init(arm.init, arm.k, seed) if arm.init else None
             ccfg = replace(self.cfg.clip_config(), seed=seed,
                            ft_augment="classic" if arm.transforms else "none")
             model = finetune_classifier(init, train, self.names, self.info.prompt_templates, ccfg)
             return clip_proba(model, self.test.images)
-        from ..engine.classifiers import predict_proba, train_classifier
+        from ..engine.evaluation.classifiers import predict_proba, train_classifier
         c = self.cfg
         model = train_classifier(train.images, train.labels, steps=c.steps, batch=c.batch,
                                  lr=c.lr, seed=seed, augment=arm.transforms,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..engine.clip_engine import TORCH_STATE, CheckpointDir, to_stock_state_dict
-from ..engine.clip_model import create_clip
-from ..engine.distributed import import_deepspeed
-from ..engine.safe_load import load_checkpoint, save_weights
+from ..engine.clip.engine import TORCH_STATE, CheckpointDir, to_stock_state_dict
+from ..engine.clip.model import create_clip
+from ..engine.core.distributed import import_deepspeed
+from ..engine.core.safe_load import load_checkpoint, save_weights
 from .train_clip import CKPT_DIR, CONFIG_NAME
 
 log = logging.getLogger(__name__)

@@ -35,14 +35,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..engine.dataset import (DatasetInfo, Sample, finalize_dataset, list_shards, load_split,
-                              sha256_file, shard_name, write_shard)
-from ..engine.gan import GANArch, Discriminator, Generator, to_uint8
-from ..engine.safe_load import load_checkpoint, load_weights_file, save_weights
-from ..engine.seeding import derive_seed
-from ..engine.train_accel import atomic_torch_save, claim_output_dir, resolve_device
-from .synth import _check_plan, plan_samples
-from .train_generator import TrainingStopped
+from ..engine.data.reader import DatasetInfo, load_split
+from ..engine.data.format import Sample, shard_name
+from ..engine.data.writer import finalize_dataset, list_shards, write_shard
+from ..engine.core.atomic import sha256_file
+from ..engine.baselines.gan import GANArch, Discriminator, Generator, to_uint8
+from ..engine.core.safe_load import load_checkpoint, load_weights_file, save_weights
+from ..engine.core.seeding import derive_seed
+from ..engine.training.accel import atomic_torch_save, claim_output_dir, resolve_device
+from ..engine.synth.plan import check_plan, plan_samples
+from ..engine.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
 META, JOB = "gan.json", "gan_job.json"
@@ -94,7 +96,7 @@ class GANSampleConfig:
 
 def _real_images(real_dataset: str | os.PathLike, cfg: GANTrainConfig, arch: GANArch):
     """The training images as float (N, C, S, S) in [-1, 1] with labels and keys."""
-    from .train_clip import kshot_subset
+    from ..engine.data.kshot import kshot_subset
     split = load_split(real_dataset, cfg.split)
     if cfg.k:
         split = kshot_subset(split, cfg.k, cfg.kshot_seed)
@@ -280,7 +282,7 @@ def sample_gan(cfg: GANSampleConfig) -> Path:
     job = {"generator": meta["kind"], "gan_hash": _gan_hash(meta), "per_class": cfg.per_class,
            "seed": cfg.seed, "image_size": size, "channels": real.channels,
            "samples_per_shard": cfg.samples_per_shard}
-    _check_plan(out, job)
+    check_plan(out, job)
     plan = plan_samples(cfg, real.class_names, real.prompt_templates)
     shards = [plan[i:i + cfg.samples_per_shard] for i in range(0, len(plan), cfg.samples_per_shard)]
     done = {s.name for s in list_shards(out, "train")}

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ..engine.dataset import DatasetError, load_split
-from ..engine.metrics import mean_std
+from ..engine.data.format import DatasetError
+from ..engine.data.reader import load_split
+from ..engine.evaluation.metrics import mean_std
 from . import report_figures as F
 
 SECTIONS = [("results", "Results"), ("curves", "Accuracy vs real images"),

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..engine.dataset import SplitArrays  # noqa: E402
+from ..engine.data.format import SplitArrays
 
 COLORS = {"real-only": "#4c78a8", "control": "#f58518", "control-only": "#e4a15c",
           "synthetic": "#54a24b", "synthetic-only": "#88d27a"}

@@ -20,17 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.classifiers import predict_proba, train_classifier
-from ..engine.dataset import DatasetInfo, SplitArrays, load_split
-from ..engine.metrics import bootstrap_ci, classification_metrics
-from ..engine.paths import cache_dir
-from ..engine.phantoms import PhantomConfig, make_phantom_world
-from ..engine.seeding import derive_seed
+from ..engine.evaluation.classifiers import predict_proba, train_classifier
+from ..engine.data.reader import DatasetInfo, load_split
+from ..engine.data.format import SplitArrays
+from ..engine.evaluation.metrics import bootstrap_ci, classification_metrics
+from ..engine.core.paths import cache_dir
+from ..engine.data.phantoms import PhantomConfig, make_phantom_world
+from ..engine.core.seeding import derive_seed
 from .experiment import assess_sources, invocation, provenance
 from .report import write_report
 from .synth import SynthConfig, synthesize
-from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier,
-                         kshot_subset, pretrain_clip, zero_shot_eval)
+from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier, pretrain_clip,
+                         zero_shot_eval)
+from ..engine.data.kshot import kshot_subset
 from .train_generator import GeneratorTrainConfig, cached_generator
 
 log = logging.getLogger(__name__)

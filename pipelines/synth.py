@@ -25,24 +25,41 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..engine.backends import BACKENDS, load_model, resolve_backend
-from ..engine.capabilities import CapabilityError
-from ..engine.curation import CurationConfig, build_curator
-from ..engine.dataset import IMAGE_EXTS, DatasetInfo, Sample, shard_name
-from ..engine.inpainting import MaskSpec, OutpaintSpec
-from ..engine.sd_model import model_hash
-from ..engine.shard_pool import PoolStats, ShardPool
-from ..engine.synth_files import stray_temporaries
-from ..engine.sampler_streams import SamplerStreams, resolve_streams, threads_per_stream
-from ..engine.synth_modes import BatchGenerator, ModeConfig
-from ..engine.synth_plan import (PlanMismatchError, RankInfo, SynthPlan, claim_plan_file,
-                                 open_plan, resolve_rank, sample_key, sample_seed)
-from ..engine.synth_sources import RealIndex, split_fingerprint
-from ..engine.synth_status import JobStatus, finalize, job_status, remove_corrupt, shard_state
+from ..engine.core.capabilities import CapabilityError
+from ..engine.data.format import IMAGE_EXTS, Sample, shard_name
+from ..engine.data.reader import DatasetInfo
+from ..engine.diffusion.backends import BACKENDS, resolve_backend
+from .models import load_model
+from ..engine.diffusion.inpainting import MaskSpec, OutpaintSpec
+from ..engine.diffusion.sd_model import model_hash
+from ..engine.diffusion.streams import (
+    SamplerStreams,
+    resolve_streams,
+    threads_per_stream,
+)
+from ..engine.synth.curation import CurationConfig, build_curator
+from ..engine.synth.files import stray_temporaries
+from ..engine.synth.modes import BatchGenerator, ModeConfig
+from ..engine.synth.plan import (
+    PlanMismatchError,
+    RankInfo,
+    SynthPlan,
+    open_plan,
+    resolve_rank,
+)
+from ..engine.synth.shard_pool import PoolStats, ShardPool
+from ..engine.synth.sources import RealIndex, split_fingerprint
+from ..engine.synth.status import (
+    JobStatus,
+    finalize,
+    job_status,
+    remove_corrupt,
+    shard_state,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["SynthConfig", "SynthResult", "synthesize", "run_job", "synth_status",
-           "PlanMismatchError", "plan_samples", "model_prompts"]
+           "PlanMismatchError", "model_prompts"]
 
 PROMPTS_FILE = "medfake_prompts.json"  # model-dir prompt templates (written by DreamBooth)
 DEFAULT_PER_REAL = 10                  # the ratio where the skin study's gains saturate
@@ -146,27 +163,13 @@ class SynthResult:
 
 # ----------------------------------------------------------------------------- planning
 
-def plan_samples(cfg, class_names: list[str], templates: dict[str, list[str]]) -> list[dict]:
-    """The ordered samples of a ``per_class`` job as dicts (key, cls, prompt, seed), with the
-    same keys and seeds as ``medfake synth`` (used by the GAN and classic generators)."""
-    plan = []
-    for i in range(cfg.per_class):  # classes interleaved: every shard holds a class mix
-        for cls, name in enumerate(class_names):
-            prompts = templates.get(name) or [f"a medical image of {name}"]
-            key = sample_key(name, i)
-            plan.append({"key": key, "cls": cls, "prompt": prompts[i % len(prompts)],
-                         "seed": sample_seed(cfg.seed, key)})
-    return plan
 
 
-def _check_plan(out: Path, job: dict) -> None:
-    """Store or check a generator's job in ``out/synth_plan.json`` (see ``claim_plan_file``)."""
-    claim_plan_file(Path(out), job)
 
 
 def _source_hash(model_dir: str) -> str:
     """Hash of the diffusers weights behind ``model_dir`` (also for export/engine dirs)."""
-    from ..export.manifest import MANIFEST_NAME, ExportManifest
+    from ..engine.diffusion.backends.manifest import MANIFEST_NAME, ExportManifest
     if (Path(model_dir) / MANIFEST_NAME).is_file():
         return ExportManifest.load(model_dir).source_hash
     return model_hash(model_dir)
@@ -210,7 +213,7 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
         raise ValueError(f"--format {cfg.image_format!r}: choose one of {', '.join(IMAGE_EXTS)}")
     if cfg.samples_per_shard < 1 or cfg.batch_size < 1 or cfg.steps < 1:
         raise ValueError("--samples-per-shard, --batch-size and --steps must be >= 1")
-    from ..engine.sampler import SCHEDULERS   # checked before anything is written
+    from ..engine.diffusion.sampler import SCHEDULERS
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose one of {sorted(SCHEDULERS)}")
     uses_real = mode.conditioned or "per_real" in quantity or curation.memorization
@@ -236,9 +239,9 @@ def load_samplers(cfg: SynthConfig, size: int) -> list:
     import torch
     from filelock import FileLock
 
-    from ..engine import capabilities as cap
-    from ..engine.paths import cache_dir
-    from ..engine.sampler import SamplerConfig   # imports diffusers: only when generating
+    from ..engine.core import capabilities as cap
+    from ..engine.core.paths import cache_dir
+    from ..engine.diffusion.sampler import SamplerConfig
     threads = cfg.threads or torch.get_num_threads()
     device = "cuda" if cap.cuda().available else "cpu"
     streams = resolve_streams(cfg.streams, cfg.backend, device, threads)

@@ -32,25 +32,45 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import open_clip
 import torch
 from torch import nn
 
-from ..engine import distributed as D
-from ..engine.clip_classify import (ClipClassifier, ZeroShotClassifier, class_prompts,
-                                    evaluate_classifier, predict_proba, zero_shot_weights)
-from ..engine.clip_data import (AUGMENTS, ArrayBatches, StreamConfig, StreamPosition,
-                                load_sources, steps_per_epoch, stream_loader)
-from ..engine.clip_engine import (CheckpointDir, EngineConfig, build_engine,
-                                  clip_logits_scale, cosine_with_warmup, param_groups,
-                                  to_stock_state_dict)
-from ..engine.clip_loop import resume_checkpoint, train_loop
-from ..engine.clip_model import create_clip, image_stats
-from ..engine.dataset import DatasetInfo, SplitArrays
-from ..engine.safe_load import save_weights
-from ..engine.seeding import derive_seed, seed_everything
-from ..engine.train_telemetry import Telemetry
+from ..engine.clip.data import (
+    AUGMENTS,
+    ArrayBatches,
+    StreamConfig,
+    StreamPosition,
+    load_sources,
+    steps_per_epoch,
+    stream_loader,
+)
+from ..engine.clip.engine import (
+    CheckpointDir,
+    EngineConfig,
+    build_engine,
+    clip_logits_scale,
+    cosine_with_warmup,
+    param_groups,
+    to_stock_state_dict,
+)
+from ..engine.clip.loop import resume_checkpoint, train_loop
+from ..engine.clip.model import create_clip, image_stats
+from ..engine.core import distributed as D
+from ..engine.core.safe_load import save_weights
+from ..engine.core.seeding import derive_seed, seed_everything
+from ..engine.data.format import SplitArrays
+from ..engine.data.kshot import kshot_subset
+from ..engine.data.reader import DatasetInfo
+from ..engine.evaluation.clip_classify import (
+    ClipClassifier,
+    ZeroShotClassifier,
+    class_prompts,
+    evaluate_classifier,
+    predict_proba,
+    zero_shot_weights,
+)
+from ..engine.training.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -444,16 +464,6 @@ def zero_shot_eval(ckpt: str | os.PathLike, test: SplitArrays, class_names: Sequ
     return evaluate_classifier(zs, test, class_names)
 
 
-def kshot_subset(train: SplitArrays, k: int, seed: int) -> SplitArrays:
-    """``k`` images per class without replacement; same subsets as ``pipelines.run``'s."""
-    rng = np.random.default_rng(derive_seed("kshot", seed, k))
-    idx = []
-    for c in np.unique(train.labels):
-        pool = np.flatnonzero(train.labels == c)
-        if len(pool) < k:
-            raise ValueError(f"class {c} has only {len(pool)} training images; k={k} is too many")
-        idx.extend(rng.choice(pool, size=k, replace=False))
-    return train.subset(idx)
 
 
 def fewshot_runs(init: str | None, data_dir: str, k: int, seeds: Sequence[int],
@@ -462,7 +472,7 @@ def fewshot_runs(init: str | None, data_dir: str, k: int, seeds: Sequence[int],
     split (metrics at the top level) and val split (``"val"``, when present), once per seed
     (the seed picks the k-shot subset and the initialisation). Under a launcher all ranks
     train and rank 0 evaluates; other ranks return an empty list."""
-    from ..engine.dataset import load_split
+    from ..engine.data.reader import load_split
     info = DatasetInfo.load(data_dir)
     train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
     val = load_split(data_dir, "val") if "val" in info.splits else None
@@ -489,8 +499,8 @@ def fewshot_summary(init: str | None, data_dir: str, k: int, seeds: Sequence[int
     """``fewshot_runs`` plus mean/std over seeds and, when ``init`` is given and ``zero_shot``,
     zero-shot metrics of ``init`` on the test and val splits (what ``medfake train clip
     --stage finetune`` prints). Empty on ranks other than 0."""
-    from ..engine.dataset import load_split
-    from ..engine.metrics import mean_std
+    from ..engine.data.reader import load_split
+    from ..engine.evaluation.metrics import mean_std
     res = fewshot_runs(init, data_dir, k, seeds, cfg)
     if D.rank() != 0:
         return {}

@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..engine.dataset import DatasetInfo, DiskFullError, is_disk_full, load_split
-from ..engine.paths import cache_dir
-from ..engine.safe_load import load_checkpoint
-from ..engine.sd_model import build_components, preset_config, save_components
-from ..engine.seeding import derive_seed
+from ..engine.core.atomic import DiskFullError, is_disk_full
+from ..engine.core.paths import cache_dir
+from ..engine.core.safe_load import load_checkpoint
+from ..engine.core.seeding import derive_seed
+from ..engine.data.reader import DatasetInfo, load_split
+from ..engine.diffusion.sd_model import build_components, preset_config, save_components
+from ..engine.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
 MARKER = "medfake_train.json"
@@ -81,8 +83,6 @@ PROFILES: dict[str, GeneratorTrainConfig] = {
 }
 
 
-class TrainingStopped(RuntimeError):
-    """Raised by ``train_generator(..., stop_after=n)``: the run stopped as if killed."""
 
 
 def _load_corpus(corpus_dir: str | os.PathLike, size: int) -> tuple[torch.Tensor, list[str]]:

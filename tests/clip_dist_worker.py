@@ -20,9 +20,9 @@ import open_clip
 import torch
 import torch.distributed as dist
 
-from medfake.engine.clip_engine import EngineConfig, build_engine, clip_logits_scale
-from medfake.engine.clip_model import create_clip
-from medfake.engine.seeding import seed_everything
+from medfake.engine.clip.engine import EngineConfig, build_engine, clip_logits_scale
+from medfake.engine.clip.model import create_clip
+from medfake.engine.core.seeding import seed_everything
 from medfake.pipelines.train_clip import _session, get_profile, pretrain_clip
 
 MODEL = "medfake-micro"

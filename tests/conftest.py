@@ -20,7 +20,7 @@ def medfake_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A small phantom world (public + hospital datasets) shared by the tests that read data."""
-    from medfake.engine.phantoms import PhantomConfig, make_phantom_world
+    from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
     out = tmp_path_factory.mktemp("world")
     return make_phantom_world(out, PhantomConfig(n_public_per_class=40, n_train_per_class=12,
                                                  n_val_per_class=4, n_test_per_class=10,
@@ -82,7 +82,7 @@ def realsize_model():
     import os
     from pathlib import Path
 
-    from medfake.engine.sd_model import cached_model
+    from medfake.engine.diffusion.sd_model import cached_model
     root = os.environ.get("MEDFAKE_TEST_MODELS",
                           str(Path.home() / ".cache" / "medfake" / "test-models"))
     return lambda preset: cached_model(preset, seed=0, root=root)

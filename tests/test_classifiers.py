@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from medfake.engine.classifiers import (CLASSIFIER_ARCHS, SmallCNN, augmentation,
-                                        create_classifier, image_transforms, predict_proba,
-                                        train_classifier)
-from medfake.engine.safe_load import UnsafeWeightsError, save_weights
+from medfake.engine.evaluation.classifiers import (CLASSIFIER_ARCHS, SmallCNN, create_classifier,
+                                                   predict_proba, train_classifier)
+from medfake.engine.data.augmentation import augmentation, image_transforms
+from medfake.engine.core.safe_load import UnsafeWeightsError, save_weights
 
 
 @pytest.fixture(autouse=True)

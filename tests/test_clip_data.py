@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from medfake.engine.clip_data import (ClipStream, StreamConfig, StreamPosition, augment_batch,
+from medfake.engine.clip.data import (ClipStream, StreamConfig, StreamPosition, augment_batch,
                                       build_augment, load_sources, stream_loader)
-from medfake.engine.clip_model import create_clip, image_stats
-from medfake.engine.dataset import DatasetWriter, Sample
+from medfake.engine.clip.model import create_clip, image_stats
+from medfake.engine.data.writer import DatasetWriter
+from medfake.engine.data.format import Sample
 
 CLASSES = ["cyst", "metastasis", "hemangioma"]
 TEMPLATES = {c: [f"a CT image of a liver {c}", f"abdominal CT showing a liver {c}"]

@@ -19,8 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfake.engine.clip_model import register_presets
-from medfake.engine.dataset import DatasetWriter, Sample
+from medfake.engine.clip.model import register_presets
+from medfake.engine.data.writer import DatasetWriter
+from medfake.engine.data.format import Sample
 from medfake.pipelines.cli import main as cli_main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -158,7 +159,7 @@ def test_export_zero3_checkpoint_loads_into_stock_open_clip(dist_run, tmp_path, 
 
 
 def test_launcher_detection():
-    from medfake.engine.distributed import detect_env
+    from medfake.engine.core.distributed import detect_env
     assert detect_env({}).launcher == "none" and not detect_env({}).is_distributed
     tr = detect_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                      "MASTER_ADDR": "n0", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"})
@@ -178,7 +179,7 @@ def test_launcher_detection():
 
 
 def test_deepspeed_config_presets_and_conflicts(tmp_path):
-    from medfake.engine.clip_engine import EngineConfig, load_ds_config
+    from medfake.engine.clip.engine import EngineConfig, load_ds_config
     cfg = EngineConfig(backend="deepspeed", zero_stage=3, micro_batch=8, grad_accum=2,
                        grad_clip=0.5, precision="bf16")
     ds = load_ds_config(cfg, world_size=4)

@@ -10,16 +10,17 @@ import open_clip
 import pytest
 import torch
 
-from medfake.engine.classifiers import SmallCNN, predict_proba, train_classifier
-from medfake.engine.clip_model import create_clip, register_presets
-from medfake.engine.dataset import DatasetWriter, Sample, load_split
-from medfake.engine.metrics import bootstrap_ci, classification_metrics, mean_std
+from medfake.engine.evaluation.classifiers import SmallCNN, predict_proba, train_classifier
+from medfake.engine.clip.model import create_clip, register_presets
+from medfake.engine.data.writer import DatasetWriter
+from medfake.engine.data.format import Sample
+from medfake.engine.data.reader import load_split
+from medfake.engine.evaluation.metrics import bootstrap_ci, classification_metrics, mean_std
 from safetensors.torch import load_file
 
-from medfake.engine.clip_classify import ZeroShotClassifier
-from medfake.pipelines.train_clip import (ClipClassifier, evaluate_classifier,
-                                          finetune_classifier, get_profile, pretrain_clip,
-                                          zero_shot_eval)
+from medfake.engine.evaluation.clip_classify import ZeroShotClassifier
+from medfake.pipelines.train_clip import (ClipClassifier, evaluate_classifier, finetune_classifier,
+                                          get_profile, pretrain_clip, zero_shot_eval)
 
 CLASSES = ["cyst", "metastasis", "hemangioma"]
 TEMPLATES = {c: [f"a CT image of a liver {c}", f"abdominal CT showing a liver {c}"]

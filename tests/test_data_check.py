@@ -8,7 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from medfake.engine.dataset import DatasetWriter, Sample, write_shard
+from medfake.engine.data.writer import DatasetWriter, write_shard
+from medfake.engine.data.format import Sample
 from medfake.pipelines.cli import main
 from medfake.pipelines.data_check import check_dataset
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from medfake.engine.dataset import (DatasetError, DatasetInfo, DatasetWriter, Sample, load_split,
-                                    write_shard)
+from medfake.engine.data.format import DatasetError, Sample
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.data.writer import DatasetWriter, write_shard
 
 NAMES = ["a", "b"]
 

@@ -18,8 +18,9 @@ from PIL import Image, PngImagePlugin
 from pydicom.dataset import Dataset
 from test_importers import write_dicom
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.deid import DICOM_META_ALLOWED, Pseudonymizer, dicom_safe_meta, load_salt
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.importers.deid import (DICOM_META_ALLOWED, Pseudonymizer, dicom_safe_meta,
+                                           load_salt)
 
 SALT = "a-very-secret-salt-4242-for-tests-only"
 PATIENTS = [  # (name, id, birth date): every part is planted and searched for

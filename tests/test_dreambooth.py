@@ -13,10 +13,10 @@ from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.safe_load import load_checkpoint
-from medfake.engine.sd_model import init_model
-from medfake.engine.train_accel import Precision, make_adamw
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.core.safe_load import load_checkpoint
+from medfake.engine.diffusion.sd_model import init_model
+from medfake.engine.training.accel import Precision, make_adamw
 from medfake.pipelines.dreambooth import DreamBoothConfig, TrainingStopped, finetune_dreambooth
 from medfake.pipelines.synth import SynthConfig, synthesize
 

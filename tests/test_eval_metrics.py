@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from medfake.engine.metrics import bootstrap_ci, classification_metrics, macro_auc, mean_std
+from medfake.engine.evaluation.metrics import (bootstrap_ci, classification_metrics, macro_auc,
+                                               mean_std)
 
 
 def _probs(pred: list[int], n_classes: int) -> np.ndarray:

@@ -7,16 +7,17 @@ import numpy as np
 import onnx
 import pytest
 
-from medfake.engine import capabilities as cap
-from medfake.engine.backends import load_model, resolve_backend
-from medfake.engine.sampler import SamplerConfig
-from medfake.engine.sd_model import init_model
+from medfake.engine.core import capabilities as cap
+from medfake.engine.diffusion.backends import resolve_backend
+from medfake.pipelines.models import load_model
+from medfake.engine.diffusion.sampler import SamplerConfig
+from medfake.engine.diffusion.sd_model import init_model
 from medfake.export import onnx_export
-from medfake.export.components import SPECS, ModelGeometry
-from medfake.export.manifest import ExportError, ExportManifest
+from medfake.engine.diffusion.backends.components import SPECS, ModelGeometry
+from medfake.engine.diffusion.backends.manifest import ExportError, ExportManifest
 from medfake.export.onnx_export import OnnxExportConfig, export_onnx
-from medfake.export.tensorrt_build import (TensorRTBuildConfig, build_engines,
-                                           component_batches, engine_cache_key, profile_shapes)
+from medfake.export.tensorrt_build import (TensorRTBuildConfig, build_engines, component_batches,
+                                           engine_cache_key, profile_shapes)
 from medfake.pipelines.cli import main
 
 
@@ -34,7 +35,7 @@ def exported(tiny, tmp_path_factory):
 def test_export_writes_validated_graphs_and_manifest(exported, tiny):
     m = ExportManifest.load(exported, kind="onnx")
     assert set(m.components) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
-    from medfake.engine.sd_model import model_hash
+    from medfake.engine.diffusion.sd_model import model_hash
     assert m.source_hash == model_hash(tiny)
     for name, entry in m.components.items():
         onnx.checker.check_model(str(exported / entry["file"]))
@@ -122,7 +123,7 @@ def test_tensorrt_profiles_cache_keys_and_cpu_refusal(exported, tmp_path):
 def test_gpu_backends_and_providers_fail_clearly_without_gpu(exported):
     if cap.cuda().available:
         pytest.skip("this machine has a GPU; the CPU-refusal paths do not apply")
-    from medfake.engine.backends.ort_backend import select_providers
+    from medfake.engine.diffusion.backends.ort_backend import select_providers
     assert select_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(cap.CapabilityError, match="CUDA GPU"):
         select_providers("cuda")
@@ -145,10 +146,10 @@ def test_cli_export_doctor_and_synth_on_onnx(tiny, exported, small_world, tmp_pa
     _, hospital = small_world
     main(["synth", "--model", str(exported), "--real", str(hospital), "--out",
           str(tmp_path / "syn"), "--per-class", "2", "--steps", "3", "--backend", "onnx"])
-    from medfake.engine.dataset import load_split
+    from medfake.engine.data.reader import load_split
     syn = load_split(tmp_path / "syn", "train")
     assert len(syn.keys) == 6 and all(m["backend"] == "onnx" for m in syn.metas)
-    from medfake.engine.sd_model import model_hash
+    from medfake.engine.diffusion.sd_model import model_hash
     assert {m["model_hash"] for m in syn.metas} == {model_hash(tiny)}
     plan = json.loads((tmp_path / "syn" / "synth_plan.json").read_text())
     assert plan["backend"] == "onnx"

@@ -23,10 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from medfake.engine import dataset as ds_mod
-from medfake.engine.dataset import (DatasetError, DatasetInfo, DatasetWriter, DiskFullError,
-                                    Sample, SampleValidator, SkipLog, iter_samples,
-                                    iter_tar_samples, load_split)
+from medfake.engine.data import format as ds_mod
+from medfake.engine.data.format import DatasetError, Sample
+from medfake.engine.data.reader import (DatasetInfo, SampleValidator, SkipLog, iter_samples,
+                                        iter_tar_samples, load_split)
+from medfake.engine.data.writer import DatasetWriter
+from medfake.engine.core.atomic import DiskFullError
 
 NAMES = ["a", "b", "c"]
 
@@ -155,7 +157,7 @@ def test_disk_full_while_writing_shards(tmp_path, monkeypatch):
 
 def test_disk_full_keeps_old_json_and_checkpoint(tmp_path, monkeypatch):
     from medfake.pipelines import train_generator as tg
-    from medfake.engine.safe_load import load_checkpoint
+    from medfake.engine.core.safe_load import load_checkpoint
 
     root = _write(tmp_path / "ds")
     before = (root / "dataset.json").read_bytes()

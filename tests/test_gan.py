@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.gan import Discriminator, GANArch, Generator
-from medfake.pipelines.gan import (GANSampleConfig, TrainingStopped, profile, sample_gan,
-                                   train_gan)
-from medfake.pipelines.synth import PlanMismatchError
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.baselines.gan import Discriminator, GANArch, Generator
+from medfake.pipelines.gan import GANSampleConfig, TrainingStopped, profile, sample_gan, train_gan
+from medfake.engine.synth.plan import PlanMismatchError
 
 
 @pytest.mark.parametrize("size", [32, 64])

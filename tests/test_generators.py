@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.generators import (GENERATOR_KINDS, ClassicAugment, GeneratorSpec,
-                                       classic_transform, make_synthetic_dataset)
-from medfake.engine.sd_model import init_model
-from medfake.pipelines.train_clip import kshot_subset
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.pipelines.generators import GENERATOR_KINDS, GeneratorSpec, make_synthetic_dataset
+from medfake.engine.baselines.classic import ClassicAugment, classic_transform
+from medfake.engine.diffusion.sd_model import init_model
+from medfake.engine.data.kshot import kshot_subset
 
 GAN_TRAIN = dict(image_size=16, g_features=8, d_features=8, latent_dim=16, steps=3, batch_size=8)
 DB_TRAIN = dict(num_class_images=1, class_image_steps=2, steps=2, batch_size=2)

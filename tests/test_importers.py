@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medfake.engine.dataset import DatasetError, DatasetInfo, load_split
+from medfake.engine.data.format import DatasetError
+from medfake.engine.data.reader import DatasetInfo, load_split
 from medfake.engine.importers import ImportConfig, import_dataset
 from medfake.engine.importers import dicom as dicom_io
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from medfake.engine.sd_model import preset_config
+from medfake.engine.diffusion.sd_model import preset_config
 from medfake.kernels.attention import (apply_attention, attention_kinds, exportable_attention,
                                        resolve_attention, xformers_status)
 from medfake.kernels.groupnorm_silu import (fused_resnet_count, group_norm_silu,
@@ -150,7 +150,7 @@ def test_group_norm_silu_on_cpu_is_the_reference_and_never_claims_triton(unet, m
 _INTERPRETER_CHECKS = textwrap.dedent("""
     import copy, json, torch
     from torch import nn
-    from medfake.engine.sd_model import preset_config
+    from medfake.engine.diffusion.sd_model import preset_config
     from medfake.kernels.groupnorm_silu import (fused_resnet_count, group_norm_silu,
         group_norm_silu_reference, patch_resnets, unpatch_resnets)
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medfake.engine.dataset import SplitArrays, load_split
-from medfake.engine.memorization import audit_memorization, distance_histogram, pair_grid
+from medfake.engine.data.format import SplitArrays
+from medfake.engine.data.reader import load_split
+from medfake.engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
 from medfake.pipelines.cli import main
 
 

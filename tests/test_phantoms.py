@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.phantoms import CLASS_NAMES, PhantomConfig, make_phantom_world
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.data.phantoms import CLASS_NAMES, PhantomConfig, make_phantom_world
 
 
 def test_splits_are_patient_disjoint_and_balanced(small_world):

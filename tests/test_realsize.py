@@ -25,9 +25,11 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from medfake.engine.dataset import DatasetInfo, DatasetWriter, Sample, load_split
-from medfake.engine.sampler import Sampler, SamplerConfig, TorchBackend
-from medfake.engine.sd_model import load_components
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.data.writer import DatasetWriter
+from medfake.engine.data.format import Sample
+from medfake.engine.diffusion.sampler import Sampler, SamplerConfig, TorchBackend
+from medfake.engine.diffusion.sd_model import load_components
 
 SIZE, STEPS, SEED = 512, 2, 7
 PROMPT = "a CT image of a liver metastasis"
@@ -76,8 +78,8 @@ def test_torch_loop_equals_stock_pipeline_at_every_guidance_scale(preset, realsi
 
 
 def test_sd15_onnx_export_validates_and_onnx_backend_matches_torch(tmp_path, realsize_model):
-    from medfake.engine.backends import load_model
-    from medfake.export.manifest import ExportManifest
+    from medfake.pipelines.models import load_model
+    from medfake.engine.diffusion.backends.manifest import ExportManifest
 
     model = realsize_model("sd15")
     out = tmp_path / "onnx"

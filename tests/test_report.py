@@ -10,13 +10,13 @@ import re
 import pytest
 from PIL import Image
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.generators import make_synthetic_dataset
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.pipelines.generators import make_synthetic_dataset
 from medfake.pipelines.cli import main
 from medfake.pipelines.experiment import ExperimentConfig, run_experiment
 from medfake.pipelines.report import SECTIONS, write_report
 from medfake.pipelines.run import _cnn_arm, _concat
-from medfake.pipelines.train_clip import kshot_subset
+from medfake.engine.data.kshot import kshot_subset
 
 
 def _check_report(run_dir, expect_in_html=()):

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfake.engine.dataset import (DatasetError, Sample, SkipLog, iter_samples, iter_tar_samples,
-                                    write_shard)
-from medfake.engine.safe_load import UnsafeWeightsError, load_weights_file, save_weights
-from medfake.engine.sd_model import init_model, load_components
+from medfake.engine.data.format import DatasetError, Sample
+from medfake.engine.data.reader import SkipLog, iter_samples, iter_tar_samples
+from medfake.engine.data.writer import write_shard
+from medfake.engine.core.safe_load import UnsafeWeightsError, load_weights_file, save_weights
+from medfake.engine.diffusion.sd_model import init_model, load_components
 
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
            "text_encoder": "model"}
@@ -81,7 +82,7 @@ def test_safetensors_win_and_a_malicious_bin_never_runs(model_dirs, tmp_path, mo
 
 
 def test_clip_load_weights(tmp_path, monkeypatch):
-    from medfake.engine.clip_model import create_clip, load_weights
+    from medfake.engine.clip.model import create_clip, load_weights
 
     monkeypatch.delenv("MEDFAKE_TRUST_PICKLE", raising=False)
     model = create_clip("medfake-micro")[0]

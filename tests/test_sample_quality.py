@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medfake.engine.dataset import SplitArrays
-from medfake.engine.sample_quality import (METRIC_KEYS, frechet_distance, load_encoder,
-                                           one_nn_accuracy, precision_recall, quality_report)
+from medfake.engine.data.format import SplitArrays
+from medfake.engine.evaluation.quality import (METRIC_KEYS, frechet_distance, load_encoder,
+                                               one_nn_accuracy, precision_recall, quality_report)
 
 
 def _white(n: int, d: int, seed: int) -> np.ndarray:
@@ -122,8 +122,8 @@ def test_torchscript_encoder(tmp_path):
 
 
 def test_clip_encoder_from_a_pretrain_dir(tmp_path):
-    from medfake.engine.clip_model import create_clip
-    from medfake.engine.safe_load import save_weights
+    from medfake.engine.clip.model import create_clip
+    from medfake.engine.core.safe_load import save_weights
     model = create_clip("medfake-micro")[0]
     save_weights(model.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "clip_config.json").write_text(json.dumps({"model": "medfake-micro"}))

@@ -12,12 +12,15 @@ from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from medfake.engine.dataset import DatasetWriter, Sample
-from medfake.engine.sd_model import (ModelDirError, SDComponents, build_clip_tokenizer,
-                                     init_model, list_presets, load_components, model_hash)
+from medfake.engine.data.writer import DatasetWriter
+from medfake.engine.data.format import Sample
+from medfake.engine.diffusion.sd_model import (ModelDirError, SDComponents, build_clip_tokenizer,
+                                               init_model, list_presets, load_components,
+                                               model_hash)
 from medfake.pipelines import train_generator as tg
-from medfake.pipelines.train_generator import (GeneratorTrainConfig, TrainingStopped,
-                                               cached_generator, train_generator)
+from medfake.pipelines.train_generator import (GeneratorTrainConfig, cached_generator,
+                                               train_generator)
+from medfake.engine.training.stop import TrainingStopped
 
 CLASSES = ["cyst", "metastasis", "hemangioma"]
 # Token ids of the SD 1.x CLIP tokenizer for this caption.

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medfake.engine.safe_load import UnsafeWeightsError
-from medfake.engine.sd_model import (ModelDirError, SDComponents, build_clip_tokenizer,
-                                     init_model, load_components, save_components)
-from medfake.engine.single_file import SingleFileError, convert_single_file
+from medfake.engine.core.safe_load import UnsafeWeightsError
+from medfake.engine.diffusion.sd_model import (ModelDirError, SDComponents, build_clip_tokenizer,
+                                               init_model, load_components, save_components)
+from medfake.engine.diffusion.single_file import SingleFileError, convert_single_file
 from medfake.pipelines.cli import main
 
 from ldm_layout import ldm_yaml, to_ldm_state_dict
@@ -64,7 +64,7 @@ def _ldm_shaped_components() -> SDComponents:
 
 
 def test_convert_with_the_original_yaml_offline(tmp_path, monkeypatch):
-    from medfake.engine.sampler import Sampler, SamplerConfig, TorchBackend
+    from medfake.engine.diffusion.sampler import Sampler, SamplerConfig, TorchBackend
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     comps = _ldm_shaped_components()
     ref = save_components(comps, tmp_path / "ref")

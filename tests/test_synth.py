@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from medfake.engine.dataset import DatasetInfo, load_split
-from medfake.engine.inpainting import MaskSpec, mask_geometry, render_mask
-from medfake.engine.sampler import Sampler, SamplerConfig, TorchBackend, make_scheduler
-from medfake.engine.sd_model import init_model, load_components
-from medfake.pipelines.synth import PlanMismatchError, SynthConfig, synthesize
+from medfake.engine.data.reader import DatasetInfo, load_split
+from medfake.engine.diffusion.inpainting import MaskSpec, mask_geometry, render_mask
+from medfake.engine.diffusion.sampler import Sampler, SamplerConfig, TorchBackend, make_scheduler
+from medfake.engine.diffusion.sd_model import init_model, load_components
+from medfake.engine.synth.plan import PlanMismatchError
+from medfake.pipelines.synth import SynthConfig, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_conditioned_sampling_matches_stock_inpaint_pipeline(model_dir, inpaint_
 
 
 def test_conditioned_sampling_on_onnx_runtime(inpaint_model_dir):
-    from medfake.engine.backends import load_model
+    from medfake.pipelines.models import load_model
     prompts, images, masks = _inputs()
     cfg = SamplerConfig(scheduler="euler-a", steps=3, guidance_scale=4.0, height=32, width=32)
     out = [load_model(str(inpaint_model_dir), b, **kw).sampler(cfg).generate_conditioned(

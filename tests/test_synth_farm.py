@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfake.engine.dataset import (DatasetInfo, Sample, iter_tar_samples, load_split,
-                                    sha256_file, write_shard)
-from medfake.engine.inpainting import render_mask, resize_image
-from medfake.engine.sd_model import init_model
-from medfake.engine.shard_pool import ShardPool, ShardWriter, encode_sample, tar_header
-from medfake.engine.synth_plan import (Segment, SynthPlan, open_plan, resolve_rank)
+from medfake.engine.data.reader import DatasetInfo, iter_tar_samples, load_split
+from medfake.engine.data.format import Sample
+from medfake.engine.core.atomic import sha256_file
+from medfake.engine.data.writer import write_shard
+from medfake.engine.diffusion.inpainting import render_mask, resize_image
+from medfake.engine.diffusion.sd_model import init_model
+from medfake.engine.synth.shard_pool import ShardPool, ShardWriter, encode_sample, tar_header
+from medfake.engine.synth.plan import Segment, SynthPlan, open_plan, resolve_rank
 from medfake.pipelines.cli import main
-from medfake.pipelines.synth import (PlanMismatchError, SynthConfig, plan_samples, run_job,
-                                     synth_status, synthesize)
+from medfake.engine.synth.plan import PlanMismatchError, plan_samples
+from medfake.pipelines.synth import SynthConfig, run_job, synth_status, synthesize
 
 # The farm job every subprocess test runs: 36 samples in 9 shards of 4.
 JOB = dict(per_class=12, steps=3, samples_per_shard=4, batch_size=2, seed=7)
@@ -174,7 +176,7 @@ def test_concurrent_streams_write_the_same_bytes(model_dir, small_world, referen
 def test_sampler_streams_keep_order_bound_work_and_raise():
     import threading
 
-    from medfake.engine.sampler_streams import SamplerStreams, resolve_streams
+    from medfake.engine.diffusion.streams import SamplerStreams, resolve_streams
     in_flight, peak, lock = [0], [0], threading.Lock()
 
     def work(sampler, x):
@@ -297,8 +299,8 @@ def test_conditioned_modes_keep_the_real_image_and_record_provenance(model_dir, 
 
 
 def test_curation_records_every_drop(model_dir, small_world, tmp_path):
-    from medfake.engine.clip_model import create_clip
-    from medfake.engine.safe_load import save_weights
+    from medfake.engine.clip.model import create_clip
+    from medfake.engine.core.safe_load import save_weights
     _, hospital = small_world
     weights = tmp_path / "clip.safetensors"
     save_weights(create_clip("medfake-micro")[0].state_dict(), weights)

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..deid import dicom_safe_meta, quiet_source_parsers
+from .deid import dicom_safe_meta, quiet_source_parsers
 from .imaging import robust_to_uint8, to_uint8
 
 log = logging.getLogger(__name__)

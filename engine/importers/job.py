@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..dataset import (DatasetError, Sample, SkipLog, _atomic_write_json, finalize_dataset,
-                       list_shards, sha256_file, shard_name, write_shard)
-from ..deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
+from ..data.format import DatasetError, Sample, shard_name
+from ..data.reader import SkipLog
+from ..core.atomic import atomic_write_json, sha256_file
+from ..data.writer import finalize_dataset, list_shards, write_shard
+from .deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
 from .config import ImportConfig, class_phrase, prompt_templates, slug
 from .imaging import fit_size, set_channels
 from .sources import Item, ReadSkip, Scan, make_source
@@ -130,7 +132,7 @@ def _open_job(out: Path, fingerprint: str) -> dict[str, Any]:
                            f"an empty --out directory")
     out.mkdir(parents=True, exist_ok=True)
     job = {"fingerprint": fingerprint, "skipped": {}}
-    _atomic_write_json(path, job)
+    atomic_write_json(path, job)
     return job
 
 
@@ -203,7 +205,7 @@ def _import(cfg: ImportConfig) -> ImportResult:
             skips.ok()
         write_shard(out, split, n, samples, names)
         job["skipped"][shard_name(split, n)] = dict(skips.counts - before)
-        _atomic_write_json(out / JOB_FILE, job)
+        atomic_write_json(out / JOB_FILE, job)
     bar.close()
 
     skipped = Counter(scan_skips)

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import dicom as dicom_io
-from ..dataset import DatasetError
+from ..data.format import DatasetError
 from .config import SPLITS, ImportConfig
 from .imaging import GRAY_MODES, pil_to_array, to_uint8
 from .medmnist_info import MEDMNIST

@@ -1,0 +1,57 @@
+"""The dataset format and everything on it: format (samples, shards, checksums), writer,
+reader, the phantom world, k-shot subsets, image augmentation.
+
+Public names are exported lazily (PEP 562): ``from medfake.engine.data import X`` imports
+only the module that defines X, so the CLI stays fast to start.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CLASS_NAMES": "phantoms",
+    "DatasetError": "format",
+    "DatasetInfo": "reader",
+    "DatasetWriter": "writer",
+    "DomainStyle": "phantoms",
+    "FORMAT": "format",
+    "HOSPITAL": "phantoms",
+    "IMAGE_EXTS": "format",
+    "PROMPT_TEMPLATES": "phantoms",
+    "PUBLIC": "phantoms",
+    "PhantomConfig": "phantoms",
+    "RandomGamma": "augmentation",
+    "SHARD_RE": "format",
+    "SKIP_REASONS": "reader",
+    "Sample": "format",
+    "SampleValidator": "reader",
+    "ShardRecord": "format",
+    "SkipLog": "reader",
+    "SplitArrays": "format",
+    "WARPS": "augmentation",
+    "augmentation": "augmentation",
+    "decode_png": "format",
+    "encode_image": "format",
+    "encode_png": "format",
+    "finalize_dataset": "writer",
+    "image_member": "format",
+    "image_transforms": "augmentation",
+    "iter_samples": "reader",
+    "iter_shard_tolerant": "reader",
+    "iter_tar_samples": "reader",
+    "kshot_subset": "kshot",
+    "list_shards": "writer",
+    "load_split": "reader",
+    "make_phantom_world": "phantoms",
+    "render_lesion": "phantoms",
+    "shard_name": "format",
+    "write_shard": "writer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

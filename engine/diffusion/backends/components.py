@@ -1,0 +1,138 @@
+"""What each exported network is: its module wrapper, input/output names, dynamic axes, and
+seeded example inputs at a given batch size. The ONNX exporter, the validator and the TensorRT
+profile builder all read these specs, so no caller branches on the component.
+
+The ONNX graphs take and return float32 (fp16 exports keep float32 I/O) except ``input_ids``
+(int64). ``timestep`` is a 0-dim float32 tensor shared by the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..sd_model import SDComponents
+
+COMPONENT_NAMES = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, text_encoder: nn.Module):
+        super().__init__()
+        self.m = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.m(input_ids, return_dict=False)[0]
+
+
+class UNetGraph(nn.Module):
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.m = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.m(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                      return_dict=False)[0]
+
+
+class VaeEncoderGraph(nn.Module):
+    """Image in [-1, 1] -> latent distribution parameters (mean and log-variance, 2C channels);
+    sampling stays outside the graph so it uses the caller's seeded generator."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.m = vae
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.m.encode(image, return_dict=False)[0].parameters
+
+
+class VaeDecoderGraph(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.m = vae
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.m.decode(latent, return_dict=False)[0]
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Shapes an exported model needs at run time (stored in the export manifest)."""
+
+    image_size: int
+    image_channels: int
+    latent_channels: int
+    vae_scale_factor: int
+    scaling_factor: float
+    unet_in_channels: int
+    text_length: int
+    text_dim: int
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_scale_factor
+
+    @classmethod
+    def of(cls, comps: SDComponents) -> "ModelGeometry":
+        vae, unet = comps.vae.config, comps.unet.config
+        factor = 2 ** (len(vae.block_out_channels) - 1)
+        return cls(image_size=int(unet.sample_size) * factor, image_channels=int(vae.in_channels),
+                   latent_channels=int(vae.latent_channels), vae_scale_factor=factor,
+                   scaling_factor=float(vae.scaling_factor),
+                   unet_in_channels=int(unet.in_channels),
+                   text_length=int(comps.text_encoder.config.max_position_embeddings),
+                   text_dim=int(comps.text_encoder.config.hidden_size))
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    wrap: Callable[[SDComponents], nn.Module]
+    inputs: tuple[str, ...]
+    output: str
+    # input name -> {axis: symbolic name}; the output shares the batch axis
+    dynamic_axes: dict
+    example: Callable[[ModelGeometry, int, torch.Generator], tuple[torch.Tensor, ...]]
+
+    def shapes(self, g: ModelGeometry, batch: int) -> dict[str, list[int]]:
+        """Concrete input shapes at ``batch`` (used for TensorRT profiles and the manifest)."""
+        gen = torch.Generator().manual_seed(0)
+        return {n: list(t.shape) for n, t in zip(self.inputs, self.example(g, batch, gen))}
+
+
+def _text_example(g: ModelGeometry, b: int, gen: torch.Generator):
+    return (torch.randint(0, 49406, (b, g.text_length), generator=gen),)
+
+
+def _unet_example(g: ModelGeometry, b: int, gen: torch.Generator):
+    s = g.latent_size
+    return (torch.randn(b, g.unet_in_channels, s, s, generator=gen),
+            torch.tensor(float(torch.randint(0, 1000, (1,), generator=gen))),
+            torch.randn(b, g.text_length, g.text_dim, generator=gen))
+
+
+def _vae_enc_example(g: ModelGeometry, b: int, gen: torch.Generator):
+    return (torch.rand(b, g.image_channels, g.image_size, g.image_size, generator=gen) * 2 - 1,)
+
+
+def _vae_dec_example(g: ModelGeometry, b: int, gen: torch.Generator):
+    s = g.latent_size
+    return (torch.randn(b, g.latent_channels, s, s, generator=gen),)
+
+
+_B, _HW = {0: "batch"}, {0: "batch", 2: "height", 3: "width"}
+SPECS: dict[str, ComponentSpec] = {
+    "text_encoder": ComponentSpec("text_encoder", lambda c: TextEncoderGraph(c.text_encoder),
+                                  ("input_ids",), "last_hidden_state", {"input_ids": _B},
+                                  _text_example),
+    "unet": ComponentSpec("unet", lambda c: UNetGraph(c.unet),
+                          ("sample", "timestep", "encoder_hidden_states"), "noise_pred",
+                          {"sample": _HW, "encoder_hidden_states": _B}, _unet_example),
+    "vae_encoder": ComponentSpec("vae_encoder", lambda c: VaeEncoderGraph(c.vae), ("image",),
+                                 "latent_parameters", {"image": _HW}, _vae_enc_example),
+    "vae_decoder": ComponentSpec("vae_decoder", lambda c: VaeDecoderGraph(c.vae), ("latent",),
+                                 "image", {"latent": _HW}, _vae_dec_example),
+}

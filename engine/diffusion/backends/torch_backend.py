@@ -1,0 +1,53 @@
+"""PyTorch eager execution of a loaded diffusers SD model (any device torch supports)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..sd_model import SDComponents
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend:
+    """The three networks in eager mode. ``attention`` picks the attention kernel (``auto``:
+    xformers on CUDA when installed, PyTorch SDPA otherwise; see ``kernels.attention``);
+    ``fused_kernels`` swaps in the Triton GroupNorm+SiLU kernel (CUDA only, a logged no-op on
+    CPU)."""
+
+    name = "torch"
+
+    def __init__(self, comps: SDComponents, attention: str = "auto", fused_kernels: bool = True):
+        from ....kernels.attention import apply_attention
+        self.comps = comps
+        self.device = comps.unet.device
+        vae = comps.vae.config
+        self.latent_channels = int(vae.latent_channels)
+        self.vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
+        self.scaling_factor = float(vae.scaling_factor)
+        self.unet_in_channels = int(comps.unet.config.in_channels)
+        for m in (comps.unet, comps.vae, comps.text_encoder):
+            m.eval()
+        self.attention = apply_attention(comps.unet, attention)
+        apply_attention(comps.vae, attention)
+        self.fused = 0
+        if fused_kernels:
+            from ....kernels.groupnorm_silu import patch_resnets
+            self.fused = patch_resnets(comps.unet) + patch_resnets(comps.vae)
+
+    @torch.inference_mode()
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.comps.text_encoder(input_ids.to(self.device))[0]
+
+    @torch.inference_mode()
+    def unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.comps.unet(latents, t, encoder_hidden_states=text).sample
+
+    @torch.inference_mode()
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.comps.vae.encode(images.to(self.device)).latent_dist.parameters
+
+    @torch.inference_mode()
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.comps.vae.decode(latents).sample

@@ -1,0 +1,60 @@
+"""Loading a model for a job: the engine's backends plus the export step they leave to the jobs.
+
+``load_model(path, backend, **options)`` is ``engine.diffusion.backends.load_model`` with
+``prepare=prepare_export``. Given a diffusers dir, the onnx backend then exports it once
+(validated, ``medfake export onnx``) into ``$MEDFAKE_CACHE/onnx/<model hash>``, and the tensorrt
+backend builds engines from that export (``medfake export tensorrt``'s cache, keyed by GPU and
+TensorRT version). Exporting sits in ``export/``, above ``engine``; this module joins the two.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from ..engine.core.paths import cache_dir
+from ..engine.diffusion.backends import LoadedModel
+from ..engine.diffusion.backends import load_model as _engine_load_model
+from ..engine.diffusion.backends.manifest import MANIFEST_NAME, ExportManifest
+from ..engine.diffusion.sd_model import model_hash
+
+log = logging.getLogger(__name__)
+__all__ = ["load_model", "prepare_export"]
+
+
+def _export_cached(model_dir: str, sub: str, make: Callable[[str, str], Any]) -> Path:
+    """Build an export of ``model_dir`` once under the cache (atomic: tmp dir then rename)."""
+    root = cache_dir(sub)
+    final = root / model_hash(model_dir)[:24]
+    if not final.exists():
+        tmp = root / (final.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("no %s export of %s cached yet: exporting to %s", sub, model_dir, final)
+        make(model_dir, str(tmp))
+        os.replace(tmp, final)
+    return final
+
+
+def _is_export(path: Path, kind: str) -> bool:
+    return (path / MANIFEST_NAME).is_file() and ExportManifest.load(path).kind == kind
+
+
+def prepare_export(path: str, kind: str) -> str:
+    """An export dir of ``kind`` ("onnx" or "tensorrt") for a diffusers (or ONNX) dir, cached."""
+    from ..export.onnx_export import export_onnx
+    p = Path(path)
+    onnx_dir = p if _is_export(p, "onnx") else _export_cached(path, "onnx", export_onnx)
+    if kind == "onnx":
+        return str(onnx_dir)
+    if kind != "tensorrt":
+        raise ValueError(f"unknown export kind {kind!r}; expected onnx or tensorrt")
+    from ..export.tensorrt_build import build_engines
+    source = ExportManifest.load(onnx_dir).source_hash[:24]
+    return str(build_engines(str(onnx_dir), str(cache_dir("tensorrt-run", source))))
+
+
+def load_model(path: str, backend: str = "torch", **options) -> LoadedModel:
+    """A model ready to sample on ``backend``, exporting a diffusers dir first when needed."""
+    return _engine_load_model(path, backend, prepare=prepare_export, **options)
