@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
         synth = lambda out: {"model_dir": str(model), "real_dataset": str(hospital),  # noqa: E731
                              "out_dir": str(out), "per_class": 40, "steps": 12, "batch_size": 4,
-                             "samples_per_shard": 8}
+                             "samples_per_shard": 8, "backend": "torch"}
         ref = work / "synth_ref"
         t_ref = _run_to_end("synth", synth(ref), work)
         chaos = _chaos("synth", synth, work / "synth_chaos", work, t_ref, a.kills, rng,

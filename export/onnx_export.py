@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,43 +32,9 @@ from ..engine.diffusion.sd_model import check_model_dir, load_components, model_
 from ..engine.diffusion.backends.components import (COMPONENT_NAMES, SPECS, ComponentSpec,
                                                     ModelGeometry)
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
+from .config import PROTOBUF_LIMIT, TOLERANCE, OnnxExportConfig
 
 log = logging.getLogger(__name__)
-
-PROTOBUF_LIMIT = 2 * 1024 ** 3
-DEFAULT_OPSET = {"torchscript": 17, "dynamo": 23}
-# max_abs <= atol + rtol * max|reference|
-TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
-
-
-@dataclass(frozen=True)
-class OnnxExportConfig:
-    """``exporter``: "torchscript" (torch.onnx legacy tracer: fast, opset <= 20) or "dynamo"
-    (torch.export-based; opset 23 emits a native Attention op). ``bench/bench_export.py``
-    measures which graph ORT runs fastest; the default is the measured winner."""
-
-    opset: int | None = None
-    exporter: str = "torchscript"
-    precision: str = "fp32"
-    components: tuple[str, ...] | None = None        # None: all four
-    validate_batches: tuple[int, int] = (1, 3)
-    simplify: bool = True        # onnxslim: fold shape arithmetic, drop redundant nodes
-    external_data_threshold: int = PROTOBUF_LIMIT    # bytes of weights; 0 forces external data
-
-    def resolved_opset(self) -> int:
-        return self.opset or DEFAULT_OPSET[self.exporter]
-
-    def check(self) -> None:
-        if self.exporter not in DEFAULT_OPSET:
-            raise ValueError(f"exporter must be one of {sorted(DEFAULT_OPSET)}, got {self.exporter!r}")
-        if self.precision not in TOLERANCE:
-            raise ValueError(f"precision must be one of {sorted(TOLERANCE)}, got {self.precision!r}")
-        bad = set(self.components or ()) - set(COMPONENT_NAMES)
-        if bad:
-            raise ValueError(f"unknown components {sorted(bad)}; choose from {COMPONENT_NAMES}")
-        if self.exporter == "torchscript" and self.resolved_opset() > 20:
-            raise ValueError("the torchscript exporter supports opset <= 20; use --exporter dynamo "
-                             "for opset 21-23")
 
 
 class _Fp16Compute(nn.Module):

@@ -17,46 +17,18 @@ import hashlib
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from ..engine.core import capabilities as cap
 from ..engine.core.paths import cache_dir
 from ..engine.diffusion.backends.components import SPECS, ModelGeometry
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
+from .config import TensorRTBuildConfig
 
 log = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class TensorRTBuildConfig:
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 16
-    fp16: bool = False
-    workspace_gb: float = 4.0
-
-    @classmethod
-    def from_cli(cls, batch: str, fp16: bool = False, workspace_gb: float = 4.0
-                 ) -> "TensorRTBuildConfig":
-        parts = batch.split(":")
-        try:
-            lo, opt, hi = (int(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"--batch must be MIN:OPT:MAX images per call, e.g. 1:8:16; "
-                             f"got {batch!r}") from None
-        cfg = cls(lo, opt, hi, fp16, workspace_gb)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"--batch needs 1 <= MIN <= OPT <= MAX; got "
-                             f"{self.min_batch}:{self.opt_batch}:{self.max_batch}")
-        if self.workspace_gb <= 0:
-            raise ValueError(f"--workspace-gb must be positive, got {self.workspace_gb}")
 
 
 def component_batches(component: str, cfg: TensorRTBuildConfig) -> tuple[int, int, int]:

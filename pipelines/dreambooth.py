@@ -40,7 +40,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from ..engine.core.seeding import derive_seed
 from ..engine.training.accel import (Precision, atomic_torch_save, claim_output_dir, make_adamw,
                                      require_8bit_adam, resolve_device)
 from ..engine.training.stop import TrainingStopped
+from .configs.dreambooth import DreamBoothConfig
 
 log = logging.getLogger(__name__)
 MARKER, JOB, CHECKPOINT = "medfake_dreambooth.json", "dreambooth_job.json", "checkpoint.pt"
@@ -68,67 +69,7 @@ PROMPTS_FILE, CLASS_IMAGES, LORA_DIR = "medfake_prompts.json", "class_images", "
 DEFAULT_TOKENS = ("sks", "ohwx", "phol", "bnha", "olis", "hta")
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-__all__ = ["DreamBoothConfig", "finetune_dreambooth", "TrainingStopped", "PROFILES"]
-
-
-@dataclass(frozen=True)
-class DreamBoothConfig:
-    """Everything that determines the fine-tuned model (``device`` aside).
-
-    Defaults suit the tiny embedded generator on a CPU (prior preservation on; lr and steps
-    picked on the hospital validation split). ``profile("sd15")`` is the DreamBooth paper's
-    recipe for a real SD 1.5 on a GPU (add ``use_8bit_adam`` when bitsandbytes is installed).
-    ``image_size`` 0 means the real dataset's size; ``k`` 0 means the whole split.
-    """
-
-    k: int = 5
-    kshot_seed: int = 0
-    split: str = "train"
-    tokens: tuple[str, ...] = ()           # one per class, in class order; () = DEFAULT_TOKENS
-    instance_format: str = "{prompt} {token}"  # see the module docstring on placement
-    prior_preservation: bool = True
-    num_class_images: int = 50              # per class
-    prior_loss_weight: float = 1.0
-    class_image_steps: int = 20
-    class_image_guidance: float = 4.0
-    class_image_batch: int = 16
-    steps: int = 600
-    batch_size: int = 4                     # instance images per step (plus as many class images)
-    lr: float = 1e-4                        # chosen on validation among 2e-5 ... 2e-4
-    text_encoder_lr: float | None = None    # None: lr
-    warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    train_text_encoder: bool = False
-    lora_rank: int = 0                      # 0: full fine-tune
-    lora_alpha: float | None = None         # None: lora_rank (scale 1)
-    snr_gamma: float | None = 5.0           # Min-SNR-gamma weighting; None = plain MSE
-    hflip: bool = True
-    max_grad_norm: float = 1.0
-    inpaint_full_mask_prob: float = 0.25
-    image_size: int = 0
-    checkpoint_every: int = 100
-    seed: int = 0
-    mixed_precision: str = "no"             # no | fp16 (CUDA) | bf16
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False             # bitsandbytes AdamW8bit (CUDA)
-    device: str = "auto"
-
-    @classmethod
-    def profile(cls, name: str, **overrides: Any) -> "DreamBoothConfig":
-        """A named profile ('default', 'sd15'), optionally with fields overridden."""
-        if name not in PROFILES:
-            raise ValueError(f"unknown dreambooth profile {name!r}; available: {sorted(PROFILES)}")
-        return replace(PROFILES[name], **overrides)
-
-
-PROFILES: dict[str, DreamBoothConfig] = {
-    "default": DreamBoothConfig(),
-    "sd15": DreamBoothConfig(image_size=512, num_class_images=200, class_image_steps=30,
-                             class_image_guidance=7.5, class_image_batch=4, steps=800,
-                             batch_size=1, lr=5e-6, snr_gamma=None, mixed_precision="fp16",
-                             instance_format="{token} {prompt}",
-                             gradient_checkpointing=True),
-}
+__all__ = ["DreamBoothConfig", "finetune_dreambooth", "TrainingStopped"]
 
 
 @dataclass

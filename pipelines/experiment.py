@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,122 +36,12 @@ from tqdm import tqdm
 from ..engine.data.format import SplitArrays
 from ..engine.data.reader import load_split
 from ..engine.core.atomic import sha256_file
+from .configs.experiment import ExperimentConfig
 from .experiment_data import CI_METRICS, ExperimentData, draw_per_class
-from .protocols import CONTROL, PROTOCOLS, Arm, plan_arms, slugify
+from .protocols import PROTOCOLS, Arm, plan_arms, slugify
 
 log = logging.getLogger(__name__)
 FORMAT = "medfake-experiment/1"
-
-
-@dataclass
-class ExperimentConfig:
-    """Everything an experiment needs; JSON keys are these field names (see docs/evaluation.md)."""
-
-    real: str | None = None               # real dataset dir; None: the embedded phantom hospital
-    control: str | None = None            # generator's training corpus; None: embedded public
-    phantoms: dict[str, Any] = field(default_factory=dict)   # PhantomConfig overrides
-    synthetic: dict[str, Any] = field(default_factory=lambda: {
-        "diffusion": {"kind": "diffusion", "model": "embedded", "sample": {"backend": "auto"}}})
-    synthetic_per_class: int = 200        # images per class each generator spec writes
-    generator_profile: str = "default"    # model "embedded": the cached embedded generator
-    classifiers: list[str] = field(default_factory=lambda: ["small-cnn"])
-    classifier_weights: dict[str, str] = field(default_factory=dict)  # arch -> local file
-    steps: int = 300
-    batch: int = 64
-    lr: float = 1e-3
-    width: int = 16
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    k: int = 5                            # real per class (all protocols but few-shot-sweep)
-    k_values: list[Any] = field(default_factory=lambda: [1, 2, 5, 10, 20, "all"])
-    synth_per_real: list[float] = field(default_factory=lambda: [0, 10])
-    per_real: float = 10                  # extra per real image (substitution, generators, clip)
-    transforms: list[bool] = field(default_factory=lambda: [False, True])
-    augment: bool = False                 # transforms in the other protocols
-    ratios: list[float] = field(default_factory=lambda: [1, 2, 5, 10, 20])
-    test_split: str = "test"
-    clip_profile: str = "embedded"
-    clip: dict[str, Any] = field(default_factory=dict)       # ClipTrainConfig overrides
-    encoder: str = "pixel"                # sample quality / memorization feature space
-    quality: bool = True
-    memorization_threshold: float | None = None
-    n_bootstrap: int = 1000
-
-    @classmethod
-    def profile(cls, name: str) -> "ExperimentConfig":
-        """``default``: the documented sizes; ``test``: a tiny world, classic augmentation as
-        the synthetic source, a few steps (well under a minute per protocol)."""
-        if name == "default":
-            return cls()
-        if name == "test":
-            return cls(phantoms={"n_public_per_class": 40, "n_train_per_class": 12,
-                                 "n_val_per_class": 4, "n_test_per_class": 10,
-                                 "samples_per_shard": 32},
-                       synthetic={"classic": {"kind": "classic"}}, synthetic_per_class=20,
-                       generator_profile="test", steps=12, batch=16, seeds=[0, 1], k=2,
-                       k_values=[1, "all"], ratios=[1, 5], clip_profile="test",
-                       n_bootstrap=100)
-        raise ValueError(f"unknown experiment profile {name!r}; choose 'default' or 'test'")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], profile: str = "default") -> "ExperimentConfig":
-        """Profile ``profile`` with the keys of ``d`` overridden; an unknown key is an error."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"experiment config: unknown key(s) {', '.join(map(repr, unknown))}; "
-                             f"valid keys: {', '.join(valid)}")
-        cfg = replace(cls.profile(profile), **d)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | None, profile: str = "default") -> "ExperimentConfig":
-        if path is None:
-            cfg = cls.profile(profile)
-            cfg.validate()
-            return cfg
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"experiment config {p} does not exist")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"experiment config {p} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"experiment config {p} must hold a JSON object")
-        return cls.from_dict(d, profile)
-
-    def validate(self) -> None:
-        from ..engine.evaluation.classifiers import CLASSIFIER_ARCHS
-        from ..engine.data.phantoms import PhantomConfig
-        ok = (*CLASSIFIER_ARCHS, "clip")
-        bad = [c for c in self.classifiers if c not in ok]
-        if bad or not self.classifiers:
-            raise ValueError(f"experiment config: classifiers {bad or '[]'} not known; choose "
-                             f"from {', '.join(ok)}")
-        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
-            raise ValueError("experiment config: seeds must be a non-empty list of integers")
-        for k in [*self.k_values, self.k]:
-            if not (k == "all" or (isinstance(k, int) and k >= 1)):
-                raise ValueError(f"experiment config: k value {k!r} must be an integer >= 1 or "
-                                 f"\"all\"")
-        for name, s in self.synthetic.items():
-            if name == CONTROL or not name:
-                raise ValueError(f"experiment config: synthetic source name {name!r} is reserved")
-            if not isinstance(s, (str, dict)) or (isinstance(s, dict) and "kind" not in s):
-                raise ValueError(f"experiment config: synthetic source {name!r} must be a dataset "
-                                 f"dir or a generator spec with a 'kind'")
-        try:
-            PhantomConfig(**self.phantoms)
-            self.clip_config()
-        except TypeError as e:
-            raise ValueError(f"experiment config: bad 'phantoms' or 'clip' key: {e}") from None
-        if self.n_bootstrap < 10 or self.steps < 1 or self.batch < 1:
-            raise ValueError("experiment config: n_bootstrap >= 10, steps >= 1, batch >= 1")
-
-    def clip_config(self):
-        from .train_clip import ClipTrainConfig
-        return ClipTrainConfig.profile(self.clip_profile, **self.clip)
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -176,7 +66,8 @@ def _git(*args: str) -> str | None:
 
 def invocation(fallback: str) -> str:
     """The exact command line when this process is the ``medfake`` CLI, else ``fallback``."""
-    if Path(sys.argv[0]).name in ("medfake", "cli.py"):
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "medfake" or (argv0.name == "__main__.py" and argv0.parent.name == "cli"):
         return "medfake " + shlex.join(sys.argv[1:])
     return fallback
 

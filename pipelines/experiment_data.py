@@ -76,7 +76,7 @@ class ExperimentData:
     def __init__(self, cfg: Any, out: Path):
         self.cfg, self.out = cfg, out
         if cfg.real is None:
-            control, real = embedded_world(PhantomConfig(**cfg.phantoms))
+            control, real = embedded_world(PhantomConfig.from_dict(cfg.phantoms))
             self.control_dir = Path(cfg.control) if cfg.control else control
         else:
             if not cfg.control:

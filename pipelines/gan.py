@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,53 +45,11 @@ from ..engine.core.seeding import derive_seed
 from ..engine.training.accel import atomic_torch_save, claim_output_dir, resolve_device
 from ..engine.synth.plan import check_plan, plan_samples
 from ..engine.training.stop import TrainingStopped
+from .configs.gan import GANSampleConfig, GANTrainConfig
 
 log = logging.getLogger(__name__)
 META, JOB = "gan.json", "gan_job.json"
 __all__ = ["GANTrainConfig", "GANSampleConfig", "train_gan", "sample_gan", "TrainingStopped"]
-
-
-@dataclass(frozen=True)
-class GANTrainConfig:
-    """Everything that determines the trained GAN(s) (``device`` aside). See engine/gan.py for
-    the paper defaults; ``steps`` counts optimisation steps per model (per class for DCGAN)."""
-
-    kind: str = "dcgan"
-    image_size: int = 64
-    channels: int = 0                  # 0: the real dataset's (1 grayscale, 3 RGB)
-    latent_dim: int = 100
-    g_features: int = 64
-    d_features: int = 64
-    k: int = 0                         # real images per class; 0: the whole split
-    kshot_seed: int = 0
-    split: str = "train"
-    steps: int = 2000
-    batch_size: int = 64
-    lr_g: float = 1e-4
-    lr_d: float = 5e-5
-    beta1: float = 0.5
-    beta2: float = 0.999
-    real_label: float = 1.0            # < 1: one-sided label smoothing
-    hflip: bool = True
-    checkpoint_every: int = 500
-    grid_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-
-
-@dataclass
-class GANSampleConfig:
-    """A sampling job; ``image_size`` 0 means the real dataset's (GAN output is resized)."""
-
-    gan_dir: str
-    real_dataset: str
-    out_dir: str
-    per_class: int = 100
-    seed: int = 0
-    image_size: int = 0
-    batch_size: int = 64
-    samples_per_shard: int = 256
-    device: str = "cpu"
 
 
 def _real_images(real_dataset: str | os.PathLike, cfg: GANTrainConfig, arch: GANArch):
@@ -329,14 +287,3 @@ def _generate(gens: dict[int, Generator], arch: GANArch, batch: list[dict], size
         x = x.expand(-1, 3, -1, -1)
     imgs = to_uint8(x.cpu()).numpy()
     return [im[..., 0] if channels == 1 else im for im in imgs]
-
-
-def profile(name: str, kind: str, **overrides: Any) -> GANTrainConfig:
-    """'default' (the paper sizes) or 'test' (a seconds-long run at 16x16) for ``kind``."""
-    if name == "default":
-        return replace(GANTrainConfig(kind=kind), **overrides)
-    if name == "test":
-        return replace(GANTrainConfig(kind=kind, image_size=16, g_features=8, d_features=8,
-                                      latent_dim=16, steps=6, batch_size=8, checkpoint_every=2,
-                                      grid_every=3), **overrides)
-    raise ValueError(f"unknown GAN profile {name!r}; choose 'default' or 'test'")

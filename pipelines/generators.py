@@ -97,15 +97,18 @@ def _need_model(spec: GeneratorSpec, what: str) -> str:
 def _diffusion(spec: GeneratorSpec, real: Path, per_class: int, seed: int, out: Path) -> Path:
     from .synth import SynthConfig, synthesize
     model = _need_model(spec, "a diffusers Stable Diffusion directory")
-    return synthesize(SynthConfig(model_dir=model, real_dataset=str(real), out_dir=str(out),
-                                  per_class=per_class, seed=seed, **spec.sample))
+    # a spec's "sample" overrides SynthConfig fields; without "backend" it samples on torch
+    return synthesize(SynthConfig.from_dict({"backend": "torch", **spec.sample,
+                                             "model_dir": model, "real_dataset": str(real),
+                                             "out_dir": str(out), "per_class": per_class,
+                                             "seed": seed}))
 
 
 @register("dreambooth")
 def _dreambooth(spec: GeneratorSpec, real: Path, per_class: int, seed: int, out: Path) -> Path:
     from .dreambooth import DreamBoothConfig, finetune_dreambooth
     base = _need_model(spec, "the base diffusers Stable Diffusion directory to fine-tune")
-    cfg = DreamBoothConfig(**{**spec.train, "k": spec.k, "kshot_seed": spec.kshot_seed})
+    cfg = DreamBoothConfig.from_dict({**spec.train, "k": spec.k, "kshot_seed": spec.kshot_seed})
     tuned = finetune_dreambooth(base, real, out / "generator", cfg)
     return _diffusion(replace(spec, kind="diffusion", model=str(tuned)), real, per_class, seed, out)
 
@@ -116,15 +119,16 @@ def _gan(spec: GeneratorSpec, real: Path, per_class: int, seed: int, out: Path) 
     from .gan import GANSampleConfig, GANTrainConfig, sample_gan, train_gan
     gan_dir = spec.model
     if gan_dir is None:
-        cfg = GANTrainConfig(**{**spec.train, "kind": spec.kind, "k": spec.k,
-                                "kshot_seed": spec.kshot_seed})
+        cfg = GANTrainConfig.from_dict({**spec.train, "kind": spec.kind, "k": spec.k,
+                                        "kshot_seed": spec.kshot_seed})
         gan_dir = str(train_gan(real, out / "generator", cfg))
     kind = json.loads((Path(gan_dir) / "gan.json").read_text())["kind"] \
         if (Path(gan_dir) / "gan.json").is_file() else spec.kind
     if kind != spec.kind:
         raise ValueError(f"{gan_dir} holds a {kind} model but the spec names {spec.kind}")
-    return sample_gan(GANSampleConfig(gan_dir=gan_dir, real_dataset=str(real), out_dir=str(out),
-                                      per_class=per_class, seed=seed, **spec.sample))
+    return sample_gan(GANSampleConfig.from_dict({**spec.sample, "gan_dir": gan_dir,
+                                                 "real_dataset": str(real), "out_dir": str(out),
+                                                 "per_class": per_class, "seed": seed}))
 
 
 

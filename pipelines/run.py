@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,49 +25,18 @@ from ..engine.data.reader import DatasetInfo, load_split
 from ..engine.data.format import SplitArrays
 from ..engine.evaluation.metrics import bootstrap_ci, classification_metrics
 from ..engine.core.paths import cache_dir
-from ..engine.data.phantoms import PhantomConfig, make_phantom_world
+from ..engine.data.phantoms import make_phantom_world
 from ..engine.core.seeding import derive_seed
+from .configs.run import RunConfig
 from .experiment import assess_sources, invocation, provenance
 from .report import write_report
 from .synth import SynthConfig, synthesize
 from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier, pretrain_clip,
                          zero_shot_eval)
 from ..engine.data.kshot import kshot_subset
-from .train_generator import GeneratorTrainConfig, cached_generator
+from .train_generator import cached_generator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunConfig:
-    name: str = "embedded"
-    out_root: str = "runs"
-    phantoms: PhantomConfig = field(default_factory=PhantomConfig)
-    generator: GeneratorTrainConfig = field(default_factory=lambda: GeneratorTrainConfig.profile("default"))
-    clip: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig.profile("embedded"))
-    synth_per_class: int = 300
-    synth_steps: int = 20
-    guidance_scale: float = 4.0
-    scheduler: str = "dpm++"
-    synth_backend: str = "auto"      # fastest runnable: ONNX Runtime on a CPU machine
-    k_shot: int = 5
-    seeds: tuple[int, ...] = (0, 1, 2)
-    cnn_steps: int = 200
-
-    @classmethod
-    def profile(cls, name: str) -> "RunConfig":
-        """``embedded``: the documented run (<= 15 min on 2 cores); ``test``: the CI-size chain."""
-        if name == "embedded":
-            return cls()
-        if name == "test":
-            return cls(name="test", phantoms=PhantomConfig(n_public_per_class=120,
-                                                           n_train_per_class=20,
-                                                           n_val_per_class=5,
-                                                           n_test_per_class=20),
-                       generator=GeneratorTrainConfig.profile("test"),
-                       clip=ClipTrainConfig.profile("test"), synth_per_class=16, synth_steps=4,
-                       seeds=(0, 1), cnn_steps=20)
-        raise ValueError(f"unknown run profile {name!r}; choose 'embedded' or 'test'")
 
 
 def _concat(a: SplitArrays, b: SplitArrays) -> SplitArrays:

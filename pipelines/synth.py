@@ -29,8 +29,6 @@ from ..engine.core.capabilities import CapabilityError
 from ..engine.data.format import IMAGE_EXTS, Sample, shard_name
 from ..engine.data.reader import DatasetInfo
 from ..engine.diffusion.backends import BACKENDS, resolve_backend
-from .models import load_model
-from ..engine.diffusion.inpainting import MaskSpec, OutpaintSpec
 from ..engine.diffusion.sd_model import model_hash
 from ..engine.diffusion.streams import (
     SamplerStreams,
@@ -56,6 +54,8 @@ from ..engine.synth.status import (
     remove_corrupt,
     shard_state,
 )
+from .configs.synth import SynthConfig
+from .models import load_model
 
 log = logging.getLogger(__name__)
 __all__ = ["SynthConfig", "SynthResult", "synthesize", "run_job", "synth_status",
@@ -69,59 +69,6 @@ def model_prompts(model_dir: str) -> dict:
     """The model dir's ``medfake_prompts.json`` (tokens, per-class templates), or {}."""
     path = Path(model_dir) / PROMPTS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-@dataclass
-class SynthConfig:
-    """A synthesis job. ``real_dataset`` supplies class names, prompt templates and (for the
-    conditioned modes, ``per_real`` and the memorization guard) the real training images.
-    Give ``per_class`` or ``per_real`` (neither: ``per_real=10``). Fields after
-    ``batch_size`` do not change images and may differ between runs and ranks."""
-
-    model_dir: str
-    real_dataset: str
-    out_dir: str
-    mode: str = "txt2img"
-    per_class: int | None = None
-    per_real: int | None = None
-    seed: int = 0
-    scheduler: str = "dpm++"
-    steps: int = 20
-    guidance_scale: float = 4.0
-    negative_prompt: str = ""
-    image_size: int = 0            # 0: the real dataset's image size
-    image_format: str = "png"      # png | webp | jpg
-    quality: int | None = None     # jpg quality (default 95); webp: lossless unless < 100
-    samples_per_shard: int = 256
-    backend: str = "torch"
-    mask: str = "lesion"           # lesion | random (inpainting masks)
-    mask_shape: str = "any"        # box | ellipse | any
-    mask_scale: tuple[float, float] = (0.3, 0.6)
-    outpaint_scale: tuple[float, float] = (0.5, 0.75)
-    outpaint_placement: str = "random"
-    paste_back: bool = True
-    clip_filter: str | None = None           # CLIP weights: enables the CLIP-score filter
-    clip_model: str | None = None
-    clip_threshold: float = 0.0
-    memorization: str | None = None          # pixel | clip: enables the memorization guard
-    memorization_threshold: float = 0.05
-    batch_size: int = 16
-    extend: bool = False
-    rank: int | None = None
-    world_size: int | None = None
-    workers: int = 2               # encoder threads of the shard pool
-    max_pending: int = 4           # batches waiting in the pool before the backend waits
-    threads: int | None = None     # backend threads in all (ORT intra-op / torch); None: torch's
-    streams: int | None = None     # concurrent denoising streams; None: auto (sampler_streams)
-
-    def mode_config(self) -> ModeConfig:
-        return ModeConfig(self.mode, MaskSpec(self.mask, self.mask_shape, tuple(self.mask_scale)),
-                          OutpaintSpec(tuple(self.outpaint_scale), self.outpaint_placement),
-                          self.paste_back)
-
-    def curation(self) -> CurationConfig:
-        return CurationConfig(self.clip_filter, self.clip_model, self.clip_threshold,
-                              self.memorization, self.memorization_threshold)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -71,79 +71,20 @@ from ..engine.evaluation.clip_classify import (
     zero_shot_weights,
 )
 from ..engine.training.telemetry import Telemetry
+from .configs.train_clip import FT_MODES, ClipTrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipTrainConfig", "get_profile", "pretrain_clip", "finetune_classifier",
+__all__ = ["ClipTrainConfig", "pretrain_clip", "finetune_classifier",
            "evaluate_classifier", "zero_shot_eval", "kshot_subset", "fewshot_runs",
            "fewshot_summary", "ClipClassifier", "zero_shot_weights", "class_prompts",
            "predict_proba", "cosine_with_warmup", "param_groups"]
 
 CONFIG_NAME, WEIGHTS_NAME, CKPT_DIR = "clip_config.json", "model.safetensors", "checkpoints"
-FT_MODES = ("zeroshot-head", "linear-probe", "contrastive")
 # settings that change the training trajectory: a resume must not change them
 _RESUME_KEYS = ("model", "split", "steps", "epochs", "batch_size", "grad_accum", "lr",
                 "weight_decay", "grad_clip", "warmup", "seed", "shuffle_buffer", "workers",
                 "resampled", "augment", "precision")
-
-
-@dataclass
-class ClipTrainConfig:
-    """Pretraining (``steps`` ...) and fine-tuning (``ft_*``) settings; batch sizes are per rank."""
-
-    model: str = "medfake-tiny"
-    split: str = "train"             # split of each dataset used for pretraining
-    steps: int = 200                 # optimizer steps (ignored when epochs > 0)
-    epochs: int = 0                  # epochs of sum(dataset counts) samples each
-    batch_size: int = 64             # micro-batch per rank
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0           # max global grad norm (0 disables)
-    warmup: int = 50
-    seed: int = 0
-    shuffle_buffer: int = 2000       # samples; must exceed n_classes x shard size if shards are class-pure
-    workers: int = 1                 # DataLoader worker processes per rank (0: in-process)
-    resampled: bool = False          # draw shards with replacement (multi-node streaming)
-    augment: str = "openclip"        # none | openclip | classic | skin
-    precision: str = "fp32"          # fp32 | bf16 | fp16 (GPU)
-    deepspeed: bool = False          # DeepSpeed even in a single process
-    zero: int | None = None          # ZeRO preset stage 1/2/3 (implies DeepSpeed)
-    ds_config: str | None = None     # DeepSpeed JSON (implies DeepSpeed)
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    resume: str = "auto"             # auto | require | never (an --out holding checkpoints)
-    log_every: int = 10
-    tensorboard: bool = True
-    ft_mode: str = "zeroshot-head"   # zeroshot-head | linear-probe | contrastive
-    ft_freeze: tuple[str, ...] = ()  # image[:UNLOCKED_GROUPS], text[:UNLOCKED_LAYERS]
-    ft_steps: int = 150
-    ft_batch: int = 32
-    ft_lr: float = 3e-4
-    ft_weight_decay: float = 0.05
-    ft_augment: str = "classic"
-    mix: tuple[str, ...] = field(default=())  # extra weighted sources DIR:WEIGHT
-
-    @classmethod
-    def profile(cls, name: str, **overrides) -> "ClipTrainConfig":
-        """Profile ``default`` (alias ``embedded``) or ``test``, with fields overridden."""
-        return get_profile(name, **overrides)
-
-
-PROFILES: dict[str, ClipTrainConfig] = {
-    "default": ClipTrainConfig(),
-    "embedded": ClipTrainConfig(),
-    "test": ClipTrainConfig(model="medfake-micro", steps=6, batch_size=8, warmup=2,
-                            shuffle_buffer=16, workers=0, checkpoint_every=3, ft_steps=10,
-                            ft_batch=8, tensorboard=False),
-}
-
-
-def get_profile(name: str = "default", **overrides) -> ClipTrainConfig:
-    """A copy of profile ``name`` with ``overrides`` applied (unknown keys raise TypeError)."""
-    if name not in PROFILES:
-        raise ValueError(f"unknown CLIP profile {name!r}; choose one of {sorted(PROFILES)}")
-    return replace(PROFILES[name], **overrides)
 
 
 def _validate(cfg: ClipTrainConfig) -> None:

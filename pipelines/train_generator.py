@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,53 +36,11 @@ from ..engine.core.seeding import derive_seed
 from ..engine.data.reader import DatasetInfo, load_split
 from ..engine.diffusion.sd_model import build_components, preset_config, save_components
 from ..engine.training.stop import TrainingStopped
+from .configs.train_generator import GeneratorTrainConfig
 
 log = logging.getLogger(__name__)
 MARKER = "medfake_train.json"
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class GeneratorTrainConfig:
-    """Everything that determines the trained generator (it is hashed for the cache).
-
-    The default is the embedded generator (~12 CPU-minutes: est. 6-7.5 min wall on 2 idle
-    cores; on a shared box call ``torch.set_num_threads(1)`` first, 2 OpenMP threads thrash); ``profile("test")`` is a
-    seconds-long run for tests. ``image_size`` None means the preset's.
-    """
-
-    preset: str = "tiny"
-    seed: int = 0
-    image_size: int | None = None
-    vae_steps: int = 400
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-4          # per latent element, relative to per-pixel MSE
-    unet_steps: int = 1200
-    unet_batch: int = 48
-    unet_lr: float = 1e-3
-    warmup_steps: int = 100
-    cfg_dropout: float = 0.1         # probability of training on the empty caption
-    snr_gamma: float | None = 5.0    # Min-SNR-gamma loss weighting; None = plain MSE
-    ema_decay: float = 0.995
-    hflip: bool = True
-    checkpoint_every: int = 250
-
-    @classmethod
-    def profile(cls, name: str, **overrides: Any) -> "GeneratorTrainConfig":
-        """A named size profile ('default', 'test'), optionally with fields overridden."""
-        if name not in PROFILES:
-            raise ValueError(f"unknown generator profile {name!r}; available: {sorted(PROFILES)}")
-        return replace(PROFILES[name], **overrides)
-
-
-PROFILES: dict[str, GeneratorTrainConfig] = {
-    "default": GeneratorTrainConfig(),
-    "test": GeneratorTrainConfig(preset="micro", vae_steps=30, vae_batch=16, unet_steps=40,
-                                 unet_batch=16, warmup_steps=5, checkpoint_every=20),
-}
-
-
 
 
 def _load_corpus(corpus_dir: str | os.PathLike, size: int) -> tuple[torch.Tensor, list[str]]:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from medfake.engine.clip.engine import EngineConfig, build_engine, clip_logits_scale
 from medfake.engine.clip.model import create_clip
 from medfake.engine.core.seeding import seed_everything
-from medfake.pipelines.train_clip import _session, get_profile, pretrain_clip
+from medfake.pipelines.train_clip import ClipTrainConfig, _session, pretrain_clip
 
 MODEL = "medfake-micro"
 KILL_AFTER = 5
@@ -31,8 +31,8 @@ KILL_AFTER = 5
 
 def run_cfg(zero: int):
     """The pretraining settings of parts 2-4 (the test's CLI resume repeats them)."""
-    return get_profile("test", steps=8, zero=zero, checkpoint_every=4, tensorboard=True,
-                       log_every=4)
+    return ClipTrainConfig.profile("test", steps=8, zero=zero, checkpoint_every=4,
+                                   tensorboard=True, log_every=4)
 
 
 def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ def two_steps(backend: str, zero: int | None, rank: int, world: int
 
 
 def main(out: Path, data: str) -> None:
-    env, _, _ = _session(get_profile("test", deepspeed=True))
+    env, _, _ = _session(ClipTrainConfig.profile("test", deepspeed=True))
     for zero in (2, 3):
         losses, sd = two_steps("deepspeed", zero, env.rank, env.world_size)
         if env.rank == 0:

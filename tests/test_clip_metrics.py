@@ -19,8 +19,8 @@ from medfake.engine.evaluation.metrics import bootstrap_ci, classification_metri
 from safetensors.torch import load_file
 
 from medfake.engine.evaluation.clip_classify import ZeroShotClassifier
-from medfake.pipelines.train_clip import (ClipClassifier, evaluate_classifier, finetune_classifier,
-                                          get_profile, pretrain_clip, zero_shot_eval)
+from medfake.pipelines.train_clip import (ClipClassifier, ClipTrainConfig, evaluate_classifier,
+                                          finetune_classifier, pretrain_clip, zero_shot_eval)
 
 CLASSES = ["cyst", "metastasis", "hemangioma"]
 TEMPLATES = {c: [f"a CT image of a liver {c}", f"abdominal CT showing a liver {c}"]
@@ -54,7 +54,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def pretrained(shard_dir, tmp_path_factory):
     """A finished test-profile pretraining run: (model.safetensors path, config)."""
-    cfg = get_profile("test")
+    cfg = ClipTrainConfig.profile("test")
     return pretrain_clip([shard_dir], tmp_path_factory.mktemp("pre") / "run", cfg), cfg
 
 
@@ -150,7 +150,7 @@ def test_resume_after_interruption_is_exact(shard_dir, tmp_path, pretrained):
     """Interrupted after the step-3 checkpoint and resumed, the run ends with exactly the
     weights of the uninterrupted ``pretrained`` run (same settings): data position, optimizer,
     schedule and RNG all continue."""
-    cfg = get_profile("test")
+    cfg = ClipTrainConfig.profile("test")
     out = tmp_path / "run"
     seen: list[int] = []
 

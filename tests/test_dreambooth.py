@@ -54,7 +54,7 @@ def test_finetune_loads_in_diffusers_and_tokens_reach_provenance(base, small_wor
 
     syn = load_split(synthesize(SynthConfig(model_dir=str(out), real_dataset=str(hospital),
                                             out_dir=str(tmp_path / "syn"), per_class=1,
-                                            steps=2)), "train")
+                                            steps=2, backend="torch")), "train")
     for meta, caption in zip(syn.metas, syn.captions):
         token = prompts["tokens"][meta["class_name"]]
         assert meta["identifier_token"] == token and caption == meta["prompt"]

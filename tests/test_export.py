@@ -99,7 +99,7 @@ def test_export_config_and_input_errors(tmp_path):
 
 
 def test_tensorrt_profiles_cache_keys_and_cpu_refusal(exported, tmp_path):
-    cfg = TensorRTBuildConfig.from_cli("2:4:8")
+    cfg = TensorRTBuildConfig.profile(**TensorRTBuildConfig.parse_batch("2:4:8"))
     geom = ExportManifest.load(exported).geometry
     assert component_batches("unet", cfg) == (2, 8, 16)  # CFG doubles the UNet batch
     assert component_batches("text_encoder", cfg) == (1, 4, 8)
@@ -111,9 +111,9 @@ def test_tensorrt_profiles_cache_keys_and_cpu_refusal(exported, tmp_path):
     assert k != engine_cache_key("abc", "H100", "10.9", cfg, shapes)
     assert k != engine_cache_key("abc", "A100", "11.4", cfg, shapes)
     with pytest.raises(ValueError, match="MIN:OPT:MAX"):
-        TensorRTBuildConfig.from_cli("8")
+        TensorRTBuildConfig.parse_batch("8")
     with pytest.raises(ValueError, match="MIN <= OPT <= MAX"):
-        TensorRTBuildConfig.from_cli("8:4:16")
+        TensorRTBuildConfig.profile(**TensorRTBuildConfig.parse_batch("8:4:16"))
     if not cap.tensorrt().available or not cap.cuda().available:
         with pytest.raises(cap.CapabilityError, match="TensorRT"):
             build_engines(str(exported), str(tmp_path / "trt"), cfg)

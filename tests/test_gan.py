@@ -10,7 +10,8 @@ import torch
 
 from medfake.engine.data.reader import DatasetInfo, load_split
 from medfake.engine.baselines.gan import Discriminator, GANArch, Generator
-from medfake.pipelines.gan import GANSampleConfig, TrainingStopped, profile, sample_gan, train_gan
+from medfake.pipelines.gan import (GANSampleConfig, GANTrainConfig, TrainingStopped, sample_gan,
+                                   train_gan)
 from medfake.engine.synth.plan import PlanMismatchError
 
 
@@ -30,7 +31,7 @@ def test_networks_have_the_paper_shapes(size):
 def test_gan_trains_and_samples_valid_deterministic_shards(kind, small_world, tmp_path):
     _, hospital = small_world
     names = DatasetInfo.load(hospital).class_names
-    out = train_gan(hospital, tmp_path / "gan", profile("test", kind, k=3))
+    out = train_gan(hospital, tmp_path / "gan", GANTrainConfig.profile("test", kind=kind, k=3))
     meta = json.loads((out / "gan.json").read_text())
     assert meta["complete"] and len(meta["units"]) == (3 if kind == "dcgan" else 1)
     assert all((out / "grids" / f"{n}_step000006.png").is_file() for n in names)
@@ -69,7 +70,7 @@ def test_gan_trains_and_samples_valid_deterministic_shards(kind, small_world, tm
 
 def test_gan_training_resumes_after_kill(small_world, tmp_path):
     _, hospital = small_world
-    cfg = profile("test", "dcgan", k=3, steps=5)
+    cfg = GANTrainConfig.profile("test", kind="dcgan", k=3, steps=5)
     ref = train_gan(hospital, tmp_path / "ref", cfg)
     run = tmp_path / "run"
     with pytest.raises(TrainingStopped):  # class 0 finishes (5 steps), class 1 stops at step 3
@@ -82,4 +83,5 @@ def test_gan_training_resumes_after_kill(small_world, tmp_path):
         assert (ref / name).read_bytes() == (run / name).read_bytes(), name
     assert not list(run.glob("checkpoint_*.pt"))
     with pytest.raises(ValueError, match=r"different parameters \(lr_g\)"):
-        train_gan(hospital, run, profile("test", "dcgan", k=3, steps=5, lr_g=1e-3))
+        train_gan(hospital, run, GANTrainConfig.profile("test", kind="dcgan", k=3, steps=5,
+                                                        lr_g=1e-3))

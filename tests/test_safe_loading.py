@@ -103,17 +103,18 @@ def test_clip_load_weights(tmp_path, monkeypatch):
 
 
 def test_cli_trust_pickle_flag(monkeypatch):
-    from medfake.pipelines.cli import _trust_pickle, build_parser
+    from medfake.pipelines.cli import build_parser
+    from medfake.pipelines.cli.options import trust_pickle
 
     monkeypatch.delenv("MEDFAKE_TRUST_PICKLE", raising=False)
     a = build_parser().parse_args(["synth", "--model", "m", "--real", "r", "--out", "o"])
-    _trust_pickle(a)
+    trust_pickle(a)
     assert "MEDFAKE_TRUST_PICKLE" not in os.environ
     for argv in (["synth", "--model", "m", "--real", "r", "--out", "o", "--trust-pickle"],
                  ["train", "clip", "--stage", "finetune", "--real", "r", "--init", "x.pt",
                   "--trust-pickle"]):
         monkeypatch.delenv("MEDFAKE_TRUST_PICKLE", raising=False)
-        _trust_pickle(build_parser().parse_args(argv))
+        trust_pickle(build_parser().parse_args(argv))
         assert os.environ["MEDFAKE_TRUST_PICKLE"] == "1"
 
 

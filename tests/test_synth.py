@@ -63,7 +63,7 @@ def test_unknown_scheduler_is_a_clear_error(model_dir):
 
 def _cfg(model_dir, hospital, out, **kw):
     base = dict(model_dir=str(model_dir), real_dataset=str(hospital), out_dir=str(out),
-                per_class=3, steps=2, samples_per_shard=4, batch_size=3)
+                per_class=3, steps=2, samples_per_shard=4, batch_size=3, backend="torch")
     return SynthConfig(**{**base, **kw})
 
 

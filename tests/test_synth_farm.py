@@ -29,7 +29,7 @@ from medfake.engine.synth.plan import PlanMismatchError, plan_samples
 from medfake.pipelines.synth import SynthConfig, run_job, synth_status, synthesize
 
 # The farm job every subprocess test runs: 36 samples in 9 shards of 4.
-JOB = dict(per_class=12, steps=3, samples_per_shard=4, batch_size=2, seed=7)
+JOB = dict(per_class=12, steps=3, samples_per_shard=4, batch_size=2, seed=7, backend="torch")
 JOB_ARGS = ["--per-class", "12", "--steps", "3", "--samples-per-shard", "4", "--batch-size", "2",
             "--seed", "7", "--backend", "torch"]
 
@@ -221,7 +221,7 @@ def test_changed_parameters_refused_and_extend_appends(model_dir, small_world, t
         assert expected in capsys.readouterr().err
     with pytest.raises(PlanMismatchError, match="more samples"):
         synthesize(SynthConfig(str(model_dir), str(hospital), str(out), per_class=1, steps=2,
-                               samples_per_shard=4, extend=True))
+                               samples_per_shard=4, extend=True, backend="torch"))
     main(args("2", "4", "--extend"))
     assert {k: v for k, v in _tars(out).items() if k in first} == first
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in out.glob("train-*.tar")
@@ -269,6 +269,7 @@ def test_conditioned_modes_keep_the_real_image_and_record_provenance(model_dir, 
     _, hospital = small_world
     out = synthesize(SynthConfig(str(model_dir), str(hospital), str(tmp_path / mode), mode=mode,
                                  per_real=1, steps=2, samples_per_shard=16, batch_size=8,
+                                 backend="torch",
                                  mask="random" if mode == "inpaint" else "lesion"))
     real = load_split(hospital, "train")
     real_by_key = dict(zip(real.keys, real.images))
@@ -306,7 +307,8 @@ def test_curation_records_every_drop(model_dir, small_world, tmp_path):
     save_weights(create_clip("medfake-micro")[0].state_dict(), weights)
     out = synthesize(SynthConfig(str(model_dir), str(hospital), str(tmp_path / "syn"),
                                  mode="inpaint", per_class=4, steps=2, samples_per_shard=6,
-                                 batch_size=4, mask_scale=(0.1, 0.15), clip_filter=str(weights),
+                                 batch_size=4, backend="torch", mask_scale=(0.1, 0.15),
+                                 clip_filter=str(weights),
                                  clip_model="medfake-micro", memorization="pixel",
                                  memorization_threshold=0.024))
     st = synth_status(str(out))
@@ -335,7 +337,7 @@ def test_webp_and_jpg_shards_read_back(model_dir, small_world, tmp_path):
     arrays = {}
     for fmt in ("png", "webp", "jpg"):
         out = synthesize(SynthConfig(str(model_dir), str(hospital), str(tmp_path / fmt),
-                                     per_class=1, steps=2, image_format=fmt))
+                                     per_class=1, steps=2, image_format=fmt, backend="torch"))
         arrays[fmt] = load_split(out, "train")
         assert DatasetInfo.load(out).verify() == []
     assert arrays["webp"].images.shape == arrays["png"].images.shape == (3, 32, 32)

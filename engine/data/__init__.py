@@ -20,7 +20,7 @@ _EXPORTS = {
     "IMAGE_EXTS": "format",
     "PROMPT_TEMPLATES": "phantoms",
     "PUBLIC": "phantoms",
-    "PhantomConfig": "phantoms",
+    "PhantomConfig": "phantom_config",
     "RandomGamma": "augmentation",
     "SHARD_RE": "format",
     "SKIP_REASONS": "reader",

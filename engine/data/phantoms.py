@@ -24,6 +24,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from ..core.seeding import derive_seed
+from .phantom_config import PhantomConfig
 from .format import Sample
 from .writer import DatasetWriter
 
@@ -55,19 +56,6 @@ HOSPITAL = DomainStyle(parenchyma=0.58, parenchyma_jitter=0.05, contrast=1.0,
                        noise=(0.035, 0.07), blur=(0.4, 0.9))
 PUBLIC = DomainStyle(parenchyma=0.48, parenchyma_jitter=0.08, contrast=0.75,
                      noise=(0.06, 0.11), blur=(0.6, 1.3))
-
-
-@dataclass
-class PhantomConfig:
-    """Sizes of the embedded world. Counts are images; test and val are class-balanced."""
-
-    image_size: int = 32
-    seed: int = 0
-    n_public_per_class: int = 1000
-    n_train_per_class: int = 200
-    n_val_per_class: int = 50
-    n_test_per_class: int = 100
-    samples_per_shard: int = 500
 
 
 def _lesion_mask(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, radius: float,

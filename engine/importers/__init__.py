@@ -4,7 +4,18 @@
 ``engine/dataset.py`` with de-identified metadata (``engine/deid.py``), patient-level splits
 and prompt templates; ``medfake data import`` is its command line.
 """
-from .config import SOURCES, ImportConfig
-from .job import ImportResult, import_dataset
+from __future__ import annotations
 
-__all__ = ["SOURCES", "ImportConfig", "ImportResult", "import_dataset"]
+import importlib
+from typing import Any
+
+# exported lazily (PEP 562), so the CLI imports ImportConfig without the readers
+_EXPORTS = {"SOURCES": "config", "ImportConfig": "config", "ImportResult": "job",
+            "import_dataset": "job"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

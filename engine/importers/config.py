@@ -1,22 +1,27 @@
 """The import job's configuration, its validation, and class names / prompt templates."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from .dicom import parse_window
-from .imaging import RESIZE_MODES
+from ..core.config import JobConfig, cli_metadata, option
 
 SOURCES = ("imagefolder", "medmnist", "csv", "dicom")
+RESIZE_MODES = ("crop", "pad")
 SLICE_MODES = ("all", "middle")
 SPLITS = ("train", "val", "test")
-_FLAGS = {"source": "--from", "val_fraction": "--val", "test_fraction": "--test",
-          "templates": "--template"}
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a,b,c"`` -> ``["a", "b", "c"]`` (the ``--class-names`` flag)."""
+    return text.split(",")
 
 
 def _flag(name: str) -> str:
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    meta = cli_metadata(next(f for f in dataclasses.fields(ImportConfig) if f.name == name))
+    return (meta or {}).get("flag", "--" + name.replace("_", "-"))
 
 
 def _bad(name: str, value: Any, allowed: str) -> ValueError:
@@ -24,7 +29,7 @@ def _bad(name: str, value: Any, allowed: str) -> ValueError:
 
 
 @dataclass
-class ImportConfig:
+class ImportConfig(JobConfig):
     """One import: ``source`` format, ``src`` path, ``out`` dataset directory, and options.
 
     ``size`` None keeps the source size when all images share one square size (else it asks
@@ -37,25 +42,38 @@ class ImportConfig:
     patient id from image file names (first group, or the group named ``patient``).
     """
 
-    source: str
-    src: str
-    out: str
-    size: int | None = None
-    resize: str = "crop"
-    channels: int | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    class_names: list[str] | None = None
-    templates: list[str] | None = None
-    modality: str | None = None
-    window: str = "auto"
-    slices: str = "all"
-    patient_regex: str | None = None
-    salt_file: str | None = None
-    samples_per_shard: int = 1000
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+
+    source: str = option(help="source format", flag="--from", choices=SOURCES, required=True)
+    src: str = option(help="class-folder tree (imagefolder, dicom), .npz file or .csv file",
+                      positional=True)
+    out: str = option(help="output dataset directory", required=True)
+    size: int | None = option(None, "output size (default: the source's, if uniform)")
+    resize: str = option("crop", "fit to a square by centre crop or padding",
+                         choices=RESIZE_MODES)
+    channels: int | None = option(None, "default: 1 if all grayscale", choices=(1, 3))
+    val_fraction: float = option(0.1, "val fraction (no source split)", flag="--val")
+    test_fraction: float = option(0.1, "test fraction (no source split)", flag="--test")
+    seed: int = option(0, "split seed")
+    class_names: list[str] | None = option(
+        None, "comma-separated class names in label order", type=comma_list)
+    templates: list[str] | None = option(
+        None, "caption template with {cls}, repeatable (e.g. 'a CT image of a {cls} lesion')",
+        flag="--template", action="append")
+    modality: str | None = option(None, "modality word for default captions (e.g. CT, MRI)")
+    window: str = option("auto", "DICOM: auto, file, abdomen, liver, lung, mediastinum, brain, "
+                         "bone, or LEVEL,WIDTH")
+    slices: str = option("all", "DICOM series / multi-frame: every slice, or the middle one",
+                         choices=SLICE_MODES)
+    patient_regex: str | None = option(
+        None, "regex whose first group is the patient id in file names")
+    salt_file: str | None = option(
+        None, "secret salt for pseudonyms (default: $MEDFAKE_DEID_SALT or a per-user secret in "
+        "the medfake cache)")
+    samples_per_shard: int = option(1000, "images per output shard")
 
     def __post_init__(self) -> None:
+        from .dicom import parse_window
         if self.source not in SOURCES:
             raise _bad("source", self.source, ", ".join(SOURCES))
         if self.size is not None and not 8 <= self.size <= 4096:

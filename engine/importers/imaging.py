@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+from .config import RESIZE_MODES
+
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-RESIZE_MODES = ("crop", "pad")
 
 
 def robust_to_uint8(arr: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:

@@ -1,0 +1,57 @@
+"""``medfake synth`` (run a synthesis job) and ``medfake synth status OUT`` (inspect one)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..configs.synth import SynthConfig
+from .options import add_config_args, config_from_args, trust_pickle
+
+
+def _run(a: argparse.Namespace) -> None:
+    trust_pickle(a)
+    cfg = config_from_args(SynthConfig, a, command="synth", hint=" to run a job (or `medfake "
+                           "synth status OUT` to inspect one)")
+    from ..synth import synthesize
+    print(synthesize(cfg))
+
+
+def _status(a: argparse.Namespace) -> None:
+    from ..synth import synth_status
+    st = synth_status(a.job, verify=not a.no_verify, finalize_job=a.finalize,
+                      remove_corrupt_shards=a.remove_corrupt)
+    print(st.text(a.world_size))
+    if a.json:
+        Path(a.json).write_text(json.dumps(st.to_json(), indent=1) + "\n")
+    if not st.complete or st.dataset_json != "complete":
+        sys.exit(1)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sy = sub.add_parser(
+        "synth", help="mass synthesis into shards (txt2img, inpaint, outpaint; exactly once, "
+        "resumable, many ranks); `medfake synth status OUT` checks a job",
+        usage="medfake synth --model M --real R --out O [options]\n"
+              "       medfake synth status OUT [--finalize] [--remove-corrupt] [--no-verify] "
+              "[--world-size N] [--json FILE]")
+    add_config_args(sy, SynthConfig)
+    sy.add_argument("--trust-pickle", action="store_true",
+                    help="allow a model dir with only pickled .bin weights (torch.load weights_only=True)")
+    sy.set_defaults(fn=_run)
+
+    what = ("report planned, done, missing and corrupt shards of OUT across all ranks (verifies "
+            "checksums); exit 1 unless the job is complete")
+    st = sy.add_subparsers(dest="synth_cmd", metavar="status OUT").add_parser(
+        "status", prog="medfake synth status", help=what, description=what[0].upper() + what[1:])
+    st.add_argument("job", metavar="OUT", help="the job's --out directory")
+    st.add_argument("--finalize", action="store_true",
+                    help="write dataset.json if every shard is done")
+    st.add_argument("--remove-corrupt", action="store_true",
+                    help="delete corrupt shards so the job rewrites them")
+    st.add_argument("--no-verify", action="store_true", help="skip sha256 verification")
+    st.add_argument("--world-size", type=int, help="also show each rank's share of the shards "
+                    "for this many ranks")
+    st.add_argument("--json", help="also write the report as JSON to this file")
+    st.set_defaults(fn=_status)
