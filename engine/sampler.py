@@ -118,7 +118,9 @@ class Sampler:
     @torch.inference_mode()
     def generate(self, prompts: list[str], seeds: list[int], output: str = "uint8") -> np.ndarray:
         """Images (N, H, W, 3) for ``prompts`` with one seed each: uint8, or with
-        ``output="float"`` float32 in [0, 1] before quantisation (for backend comparisons)."""
+        ``output="float"`` float32 in [0, 1] before quantisation (for backend comparisons), or
+        with ``output="latent"`` the final latents (N, C, h, w) float32, undecoded and unscaled
+        (what diffusers' ``output_type="latent"`` returns)."""
         if len(prompts) != len(seeds):
             raise ValueError("need exactly one seed per prompt")
         n, g = len(prompts), self.cfg.guidance_scale
@@ -139,6 +141,8 @@ class Sampler:
                 eps = eps_u + g * (eps_c - eps_u)
             latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
                                  ).prev_sample
+        if output == "latent":
+            return latents.float().cpu().numpy()
         images = self.backend.vae_decode(latents / self.backend.scaling_factor)
         if output == "float":
             return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()

@@ -172,6 +172,7 @@ def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = No
     if (final / "model_index.json").is_file():
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
         init_model(preset, tmp, seed=seed)
         try:
