@@ -3,7 +3,7 @@
 ``ExperimentData`` resolves the real dataset (default: the embedded phantom hospital, cached
 like ``medfake run``'s), the control corpus (default: the embedded public corpus, i.e. the
 generator's own training data) and the synthetic sources (existing dataset dirs, or generator
-specs built with ``engine.generators.make_synthetic_dataset`` under ``<out>/synthetic``,
+specs built with ``pipelines.generators.make_synthetic_dataset`` under ``<out>/synthetic``,
 resumable, only when an arm needs them). Sources whose generator learns from real images
 (``classic``, ``dreambooth``, and ``dcgan``/``acgan`` without a trained ``model``) are built per
 arm from exactly that arm's k-shot real images, unless the spec fixes ``k``.

@@ -9,7 +9,7 @@ or duplicate a sample. The backend computes on this thread while ``engine.shard_
 and writes in the background; the fraction of wall time the backend is busy is measured and
 logged with a summary line. The rank that finds every shard done writes ``dataset.json``
 (``medfake synth status OUT --finalize`` does the same). Modes (``engine.synth_modes``):
-txt2img, inpaint, outpaint, inpaint-outpaint; optional curation (``engine.curation``).
+txt2img, inpaint, outpaint, inpaint-outpaint; optional curation (``engine.synth.curation``).
 Parameters that change images are the job's identity: another job on the same output directory
 is refused, ``extend=True`` adds samples with the same parameters as new shards.
 """

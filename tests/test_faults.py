@@ -188,7 +188,9 @@ def test_disk_full_keeps_old_json_and_checkpoint(tmp_path, monkeypatch):
 
 _FILL_SCRIPT = textwrap.dedent("""
     import json, sys, numpy as np
-    from medfake.engine.dataset import DatasetInfo, DatasetWriter, DiskFullError, Sample
+    from medfake.engine.core.atomic import DiskFullError, sha256_file
+    from medfake.engine.data.format import Sample
+    from medfake.engine.data.writer import DatasetWriter, list_shards
     root = sys.argv[1]
     rng = np.random.default_rng(0)
     try:
@@ -197,7 +199,6 @@ _FILL_SCRIPT = textwrap.dedent("""
                 w.add("train", Sample(f"s{i}", rng.integers(0, 256, (64, 64), dtype=np.uint8),
                                       0, "a", {}))
     except DiskFullError as e:
-        from medfake.engine.dataset import list_shards, sha256_file
         shards = list_shards(root, "train")
         ok = all(sha256_file(f"{root}/{s.name}") == s.sha256 for s in shards)
         print(json.dumps({"error": str(e), "shards": len(shards), "intact": ok}))
@@ -226,7 +227,8 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path):
 
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
-    from medfake.engine.dataset import Sample, list_shards, write_shard
+    from medfake.engine.data.format import Sample
+    from medfake.engine.data.writer import list_shards, write_shard
     root, n_shards = sys.argv[1], int(sys.argv[2])
     done = {s.name for s in list_shards(root, "train")}
     print("ready", flush=True)

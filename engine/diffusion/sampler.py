@@ -2,7 +2,8 @@
 
 A backend runs the networks on tensors (``encode_text``, ``unet``, ``vae_decode``, and
 ``vae_encode`` for image-conditioned modes); ``engine.backends`` implements it for PyTorch eager,
-ONNX Runtime and TensorRT, and ``engine.backends.load_model`` loads a model onto any of them.
+ONNX Runtime and TensorRT, and ``engine.diffusion.backends.load_model`` loads a model onto any
+of them.
 Schedulers are diffusers schedulers chosen by name and built with ``from_config`` from the
 model's own scheduler config. Classifier-free guidance runs uncond+cond in one UNet batch.
 
@@ -118,7 +119,9 @@ class Sampler:
     @torch.inference_mode()
     def generate(self, prompts: list[str], seeds: list[int], output: str = "uint8") -> np.ndarray:
         """Images (N, H, W, 3) for ``prompts`` with one seed each: uint8, or with
-        ``output="float"`` float32 in [0, 1] before quantisation (for backend comparisons)."""
+        ``output="float"`` float32 in [0, 1] before quantisation (for backend comparisons), or
+        with ``output="latent"`` the final latents (N, C, h, w) float32, undecoded and unscaled
+        (what diffusers' ``output_type="latent"`` returns)."""
         if len(prompts) != len(seeds):
             raise ValueError("need exactly one seed per prompt")
         n, g = len(prompts), self.cfg.guidance_scale
@@ -139,6 +142,8 @@ class Sampler:
                 eps = eps_u + g * (eps_c - eps_u)
             latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
                                  ).prev_sample
+        if output == "latent":
+            return latents.float().cpu().numpy()
         images = self.backend.vae_decode(latents / self.backend.scaling_factor)
         if output == "float":
             return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
