@@ -1,9 +1,8 @@
 """The denoising loop, written once over a small backend interface.
 
 A backend runs the networks on tensors (``encode_text``, ``unet``, ``vae_decode``, and
-``vae_encode`` for image-conditioned modes); ``engine.backends`` implements it for PyTorch eager,
-ONNX Runtime and TensorRT, and ``engine.diffusion.backends.load_model`` loads a model onto any
-of them.
+``vae_encode`` for image-conditioned modes); ``engine.diffusion.backends`` implements it for
+PyTorch eager, ONNX Runtime and TensorRT, and its ``load_model`` loads a model onto any of them.
 Schedulers are diffusers schedulers chosen by name and built with ``from_config`` from the
 model's own scheduler config. Classifier-free guidance runs uncond+cond in one UNet batch.
 
