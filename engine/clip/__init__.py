@@ -1,13 +1,11 @@
 """CLIP: open_clip models and presets, the streaming WebDataset input, the training engine
 (single process or DeepSpeed ZeRO) and its loop.
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.clip import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "AUGMENTS": "data",
@@ -53,10 +51,4 @@ _EXPORTS = {
     "to_stock_state_dict": "engine",
     "train_loop": "loop",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,13 +1,11 @@
 """Foundations every other subpackage may use: cache paths, seeding, safe weight loading,
 machine capabilities, distributed launch environments, atomic files.
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.core import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "CapabilityError": "capabilities",
@@ -52,10 +50,4 @@ _EXPORTS = {
     "world_size": "distributed",
     "xformers": "capabilities",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

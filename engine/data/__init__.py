@@ -1,13 +1,11 @@
 """The dataset format and everything on it: format (samples, shards, checksums), writer,
 reader, the phantom world, k-shot subsets, image augmentation.
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.data import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "CLASS_NAMES": "phantoms",
@@ -48,10 +46,4 @@ _EXPORTS = {
     "shard_name": "format",
     "write_shard": "writer",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -2,13 +2,11 @@
 (sampler), concurrent streams, inpainting masks, and the inference backends with their
 export manifest (backends/).
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.diffusion import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "COMPONENTS": "sd_model",
@@ -57,10 +55,4 @@ _EXPORTS = {
     "uses_cfg": "sampler",
     "write_clip_tokenizer_files": "sd_model",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,13 +1,11 @@
 """Did it help: classification metrics with CIs, downstream classifiers, CLIP as a
 classifier, sample quality, the memorization audit, shared image features.
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.evaluation import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "CLASSIFIER_ARCHS": "classifiers",
@@ -57,10 +55,4 @@ _EXPORTS = {
     "train_classifier": "classifiers",
     "zero_shot_weights": "clip_classify",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

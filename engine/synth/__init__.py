@@ -1,13 +1,11 @@
 """Mass synthesis building blocks: the plan (keys, seeds, ranks), modes, real-image sources,
 the shard pool, curation, status and the synthesis file protocol.
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.synth import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "BatchGenerator": "modes",
@@ -61,10 +59,4 @@ _EXPORTS = {
     "tar_header": "shard_pool",
     "temp_name": "files",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

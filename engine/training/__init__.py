@@ -1,13 +1,11 @@
 """Training plumbing shared by every trainer: precision, optimizers, checkpoints (accel),
 throughput telemetry, deliberate stops for tests.
 
-Public names are exported lazily (PEP 562): ``from medfake.engine.training import X`` imports
-only the module that defines X, so the CLI stays fast to start.
+Public names are exported lazily (``engine.core.lazy``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "JSONL_NAME": "telemetry",
@@ -22,10 +20,4 @@ _EXPORTS = {
     "require_8bit_adam": "accel",
     "resolve_device": "accel",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
