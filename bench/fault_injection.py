@@ -80,9 +80,9 @@ def _run_to_end(kind: str, args: dict, workdir: Path) -> float:
 
 def _visible_state(out: Path) -> dict:
     """Check what a killed job left visible; return counts for the summary."""
-    from medfake.engine.data.format import DatasetError
-    from medfake.engine.data.reader import iter_tar_samples
     from medfake.engine.core.atomic import sha256_file
+    from medfake.engine.core.errors import DatasetError
+    from medfake.engine.data.reader import iter_tar_samples
 
     registered = bad = unregistered = 0
     for m in sorted(out.glob("train-*.json")):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..engine.data.format import DatasetError, SplitArrays
+from ..engine.core.errors import DatasetError
+from ..engine.data.format import SplitArrays
 from ..engine.data.reader import DatasetInfo, load_split
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ def eval_memorization(real: str, synthetic: str, out: str, real_split: str = "tr
                       threshold: float | None = None, max_pairs: int = 16) -> dict:
     """Write ``memorization.json``, ``memorization_pairs.png``, ``memorization_hist.png`` into
     ``out``; return the JSON summary."""
-    from ..engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
+    from ..engine.evaluation.memorization import (
+        audit_memorization,
+        distance_histogram,
+        pair_grid,
+    )
     from ..engine.evaluation.quality import load_encoder
     if threshold is not None and threshold < 0:
         raise ValueError(f"--threshold must be >= 0, got {threshold}")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ..engine.data.format import DatasetError
+from ..engine.core.errors import DatasetError
 from ..engine.data.reader import load_split
 from ..engine.evaluation.metrics import mean_std
 from . import report_figures as F

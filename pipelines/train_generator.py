@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..engine.core.atomic import DiskFullError, is_disk_full
+from ..engine.core.atomic import is_disk_full
+from ..engine.core.errors import DiskFullError
 from ..engine.core.paths import cache_dir
 from ..engine.core.safe_load import load_checkpoint
 from ..engine.core.seeding import derive_seed

@@ -8,8 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
-
-from medfake.engine.data.format import DatasetError, Sample
+from medfake.engine.core.errors import DatasetError
+from medfake.engine.data.format import Sample
 from medfake.engine.data.reader import DatasetInfo, load_split
 from medfake.engine.data.writer import DatasetWriter, write_shard
 

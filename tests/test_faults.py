@@ -21,14 +21,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from medfake.engine.data import format as ds_mod
-from medfake.engine.data.format import DatasetError, Sample
-from medfake.engine.data.reader import (DatasetInfo, SampleValidator, SkipLog, iter_samples,
-                                        iter_tar_samples, load_split)
+from medfake.engine.core import atomic as atomic_mod
+from medfake.engine.core.errors import DatasetError, DiskFullError
+from medfake.engine.data import writer as writer_mod
+from medfake.engine.data.format import Sample
+from medfake.engine.data.reader import (
+    DatasetInfo,
+    SampleValidator,
+    SkipLog,
+    iter_samples,
+    iter_tar_samples,
+    load_split,
+)
 from medfake.engine.data.writer import DatasetWriter
-from medfake.engine.core.atomic import DiskFullError
+from PIL import Image
 
 NAMES = ["a", "b", "c"]
 
@@ -149,22 +155,22 @@ def test_disk_full_while_writing_shards(tmp_path, monkeypatch):
                                                       "train-000001.json", "train-000001.tar"]
     for i in (0, 1):
         m = json.loads((root / f"train-00000{i}.json").read_text())
-        assert ds_mod.sha256_file(root / m["name"]) == m["sha256"] and m["count"] == 5
+        assert atomic_mod.sha256_file(root / m["name"]) == m["sha256"] and m["count"] == 5
     monkeypatch.setattr(tarfile.TarFile, "addfile", real_addfile)
     _write(root, n=20, per_shard=5)  # after freeing space the same job completes
     assert DatasetInfo.load(root).verify() == []
 
 
 def test_disk_full_keeps_old_json_and_checkpoint(tmp_path, monkeypatch):
-    from medfake.pipelines import train_generator as tg
     from medfake.engine.core.safe_load import load_checkpoint
+    from medfake.pipelines import train_generator as tg
 
     root = _write(tmp_path / "ds")
     before = (root / "dataset.json").read_bytes()
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", _enospc)
     with pytest.raises(DiskFullError, match="dataset.json; the previous version"):
-        ds_mod.finalize_dataset(root, NAMES, {}, {"x": 1}, 8, 1)
+        writer_mod.finalize_dataset(root, NAMES, {}, {"x": 1}, 8, 1)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert (root / "dataset.json").read_bytes() == before and not list(root.glob(".*tmp*"))
 
@@ -260,7 +266,7 @@ def test_sigkill_never_leaves_a_visible_partial_shard(tmp_path):
         kills += 1
         for m in root.glob("train-*.json"):  # every registered shard matches its manifest
             rec = json.loads(m.read_text())
-            assert ds_mod.sha256_file(root / rec["name"]) == rec["sha256"] and rec["count"] == 60
+            assert atomic_mod.sha256_file(root / rec["name"]) == rec["sha256"] and rec["count"] == 60
         for t in root.glob("train-*.tar"):  # every visible tar is complete (a kill between
             assert len(list(iter_tar_samples(str(t)))) == 60  # rename and manifest leaves it
                                                                 # unregistered: rewritten on resume

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from medfake.engine.data.format import DatasetError
+from medfake.engine.core.errors import DatasetError
 from medfake.engine.data.reader import DatasetInfo, load_split
 from medfake.engine.importers import ImportConfig, import_dataset
 from medfake.engine.importers import dicom as dicom_io
+from PIL import Image
 
 SALT = "0123456789abcdef0123456789abcdef"
 
@@ -36,7 +35,11 @@ def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CT", patient
     """A DICOM Part 10 file built from scratch. ``pixels`` are modality values (HU for CT):
     stored as uint16 = pixels - intercept. (N, H, W) pixels make a multi-frame file."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

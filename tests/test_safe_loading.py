@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from medfake.engine.data.format import DatasetError, Sample
+from medfake.engine.core.errors import DatasetError
+from medfake.engine.core.safe_load import (
+    UnsafeWeightsError,
+    load_weights_file,
+    save_weights,
+)
+from medfake.engine.data.format import Sample
 from medfake.engine.data.reader import SkipLog, iter_samples, iter_tar_samples
 from medfake.engine.data.writer import write_shard
-from medfake.engine.core.safe_load import UnsafeWeightsError, load_weights_file, save_weights
 from medfake.engine.diffusion.sd_model import init_model, load_components
+from safetensors.torch import load_file
 
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
            "text_encoder": "model"}

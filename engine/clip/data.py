@@ -45,8 +45,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
+from ..core.errors import DatasetError
 from ..data.augmentation import augmentation
-from ..data.format import DatasetError
 from ..data.reader import DatasetInfo, SkipLog
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ dataset.json, checkpoints, job files).
 
 Contract: ``atomic_write`` writes to a temporary name in the same directory, fsyncs, renames; the
 previous file survives any failure. A full disk or quota raises ``DiskFullError`` (a
-``ValueError``, so the CLI prints it as one line, and an ``OSError``).
+``DatasetError``, so the CLI prints it as one line, and an ``OSError``).
 """
 from __future__ import annotations
 
@@ -14,12 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-
-class DiskFullError(ValueError, OSError):
-    """The disk (or quota) filled up while writing; everything written before is intact.
-
-    Both a ``ValueError`` (the CLI prints it as one line) and an ``OSError``."""
-
+from .errors import DiskFullError
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 

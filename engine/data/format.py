@@ -27,14 +27,12 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
+from ..core.errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "medfake-dataset/1"
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
-
-
-class DatasetError(ValueError):
-    """A dataset directory or shard is missing, malformed or corrupt; the message says the fix."""
 
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from ..core.atomic import sha256_file
-from .format import FORMAT, DatasetError, Sample, SplitArrays, decode_png, image_member
+from ..core.errors import DatasetError
+from .format import FORMAT, Sample, SplitArrays, decode_png, image_member
 
 log = logging.getLogger(__name__)
 

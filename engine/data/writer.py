@@ -10,16 +10,9 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..core.atomic import DiskFullError, atomic_write_json, is_disk_full, sha256_file
-from .format import (
-    FORMAT,
-    SHARD_RE,
-    DatasetError,
-    Sample,
-    ShardRecord,
-    encode_png,
-    shard_name,
-)
+from ..core.atomic import atomic_write_json, is_disk_full, sha256_file
+from ..core.errors import DatasetError, DiskFullError
+from .format import FORMAT, SHARD_RE, Sample, ShardRecord, encode_png, shard_name
 
 
 def write_shard(root: str | os.PathLike, split: str, index: int, samples: Iterable[Sample],

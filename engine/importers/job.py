@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..data.format import DatasetError, Sample, shard_name
-from ..data.reader import SkipLog
 from ..core.atomic import atomic_write_json, sha256_file
+from ..core.errors import DatasetError
+from ..data.format import Sample, shard_name
+from ..data.reader import SkipLog
 from ..data.writer import finalize_dataset, list_shards, write_shard
-from .deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
 from .config import ImportConfig, class_phrase, prompt_templates, slug
+from .deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
 from .imaging import fit_size, set_channels
 from .sources import Item, ReadSkip, Scan, make_source
 from .splits import assign_splits, check_given_splits, groups_per_split

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..core.errors import DatasetError
 from . import dicom as dicom_io
-from ..data.format import DatasetError
 from .config import SPLITS, ImportConfig
 from .imaging import GRAY_MODES, pil_to_array, to_uint8
 from .medmnist_info import MEDMNIST

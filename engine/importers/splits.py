@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.format import DatasetError
+from ..core.errors import DatasetError
 
 
 def check_given_splits(splits: Sequence[str], groups: Sequence[str], wheres: Sequence[str],

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..core.atomic import DiskFullError, is_disk_full
+from ..core.atomic import is_disk_full
+from ..core.errors import DiskFullError
 
 _HOST = socket.gethostname().split(".")[0].replace("-", "_") or "host"
 

@@ -21,13 +21,14 @@ import queue
 import tarfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..data.format import DatasetError, Sample, ShardRecord, encode_image, shard_name
-from ..core.atomic import DiskFullError, is_disk_full
+from ..core.atomic import is_disk_full
+from ..core.errors import DatasetError, DiskFullError
+from ..data.format import Sample, ShardRecord, encode_image, shard_name
 from .files import json_bytes, replace_if_different, temp_name
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.format import IMAGE_EXTS, DatasetError, decode_png
+from ..core.errors import DatasetError
+from ..data.format import IMAGE_EXTS, decode_png
 from ..data.reader import DatasetInfo
 
 LESION_FIELDS = ("lesion_center", "lesion_bbox")

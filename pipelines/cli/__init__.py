@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ...engine.core.capabilities import CapabilityError
-    from ...engine.data.format import DatasetError
+    from ...engine.core.errors import DatasetError
     try:
         args.fn(args)
     except (DatasetError, ValueError, FileNotFoundError, CapabilityError) as e:
