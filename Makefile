@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/medfake run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/medfake bench

@@ -143,6 +143,13 @@ class Sampler:
                                  ).prev_sample
         if output == "latent":
             return latents.float().cpu().numpy()
+        return self.decode(latents, output)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor | np.ndarray, output: str = "uint8") -> np.ndarray:
+        """Final latents (as ``generate(..., output="latent")`` returns them) -> images, uint8
+        or with ``output="float"`` float32 in [0, 1]: the VAE decode ``generate`` ends with."""
+        latents = torch.as_tensor(latents, device=self.backend.device)
         images = self.backend.vae_decode(latents / self.backend.scaling_factor)
         if output == "float":
             return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
