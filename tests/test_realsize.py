@@ -5,7 +5,7 @@ inpainting (9-channel UNet), at their native 512x512 with 2 denoising steps.
 - the SD 1.5 ONNX export (external data, > 2 GB UNet) validates and the ONNX backend matches
   torch within one grey level;
 - medfake's torch loop equals stock diffusers (same seed, scheduler, guidance): final latents
-  within 1e-3 at guidance 0, 0.5, 1 and 4 (diffusers' rule: no CFG at or below 1), decoded
+  within 1e-3 at guidance 1 and 4 (diffusers' rule: no CFG at or below 1, checked), decoded
   images within one grey level;
 - inpaint and inpaint-then-outpaint jobs run on the 9-channel model;
 - two DreamBooth LoRA steps run and the adapter loads with stock ``load_lora_weights``.
@@ -55,9 +55,10 @@ def test_sd15_onnx_export_validates_and_onnx_backend_matches_torch(tmp_path, rea
 
     model = realsize_model("sd15")
     out = tmp_path / "onnx"
-    # Validation at batch 1 and 2 (CFG's batch for one image) rather than the default 1 and 3:
-    # at 512 px the batch-3 VAE decode alone costs over a minute; the tiny tests cover 3.
-    (tmp_path / "export.json").write_text(json.dumps({"validate_batches": [1, 2]}))
+    # Validation at batch 2 (CFG's batch for one image) only, rather than the default 1 and 3:
+    # at 512 px the batch-3 VAE decode alone costs over a minute. Batch 1 is checked end to end
+    # below (ONNX sampling vs torch, one image, no CFG); the tiny tests validate 1 and 3.
+    (tmp_path / "export.json").write_text(json.dumps({"validate_batches": [2]}))
     p = subprocess.run([sys.executable, "-m", "medfake.pipelines.cli", "export", "onnx",
                         "--model", str(model), "--out", str(out), "--config",
                         str(tmp_path / "export.json"), "--components", "text_encoder", "unet",
@@ -68,7 +69,7 @@ def test_sd15_onnx_export_validates_and_onnx_backend_matches_torch(tmp_path, rea
     assert unet["external_data"] and (out / "unet" / "model.onnx.data").stat().st_size > 2**31
     assert set(manifest.components) == {"text_encoder", "unet", "vae_decoder"}
     for name, comp in manifest.components.items():
-        assert [r["batch"] for r in comp["validation"]] == [1, 2], name
+        assert [r["batch"] for r in comp["validation"]] == [2], name
         assert all(r["ok"] for r in comp["validation"]), name
 
     cfg = SamplerConfig(scheduler="dpm++", steps=STEPS, guidance_scale=1.0, height=SIZE,
@@ -85,9 +86,11 @@ def test_sd15_onnx_export_validates_and_onnx_backend_matches_torch(tmp_path, rea
 
 @pytest.mark.parametrize("preset", ["sd15", "sd21"])
 def test_torch_loop_equals_stock_pipeline_at_every_guidance_scale(preset, realsize_model):
-    """Final latents equal stock's at guidance 0, 0.5, 1 and 4; decoded images within one grey
-    level at 4. The VAE decode is the same deterministic function of the latents at every
-    guidance, and at 512 px it costs more than the two UNet steps, so it is compared once."""
+    """Final latents equal stock's at guidance 1 (no CFG) and 4 (CFG); decoded images within one
+    grey level at 4. Guidance below 1 (diffusers' rule: the same as 1) is size-independent and
+    compared with stock at 0 and 0.5 on the tiny model (test_synth); here ours at 0 and 0.5
+    must equal ours at 1. The VAE decode is the same deterministic function of the latents at
+    every guidance, and at 512 px it costs more than the two UNet steps, so it is compared once."""
     comps = load_components(realsize_model(preset))
     assert comps.unet.config.sample_size * 8 >= SIZE
     if preset == "sd21":
@@ -100,7 +103,7 @@ def test_torch_loop_equals_stock_pipeline_at_every_guidance_scale(preset, realsi
     pipe.set_progress_bar_config(disable=True)
 
     latents, samplers = {}, {}
-    for g in (0.0, 0.5, 1.0, 4.0):
+    for g in (1.0, 4.0):
         cfg = SamplerConfig(scheduler="dpm++", steps=STEPS, guidance_scale=g, height=SIZE,
                             width=SIZE)
         samplers[g] = sampler = Sampler(backend, comps.tokenizer, comps.scheduler.config, cfg)
@@ -114,8 +117,15 @@ def test_torch_loop_equals_stock_pipeline_at_every_guidance_scale(preset, realsi
         assert diff < 1e-3, f"{preset} guidance {g}: latents differ from stock by {diff:.2e}"
         latents[g] = (ours, ref)
     # diffusers' rule: no guidance at or below 1 (the same latents); above 1 it changes them.
-    assert np.array_equal(latents[0.0][0], latents[1.0][0])
-    assert np.array_equal(latents[0.5][0], latents[1.0][0])
+    # At 0 and 0.5 only the first step is run: CFG or not is decided there, and a step costs
+    # a 512 px UNet call.
+    one_step = {}
+    for g in (0.0, 0.5, 1.0):
+        cfg = SamplerConfig(scheduler="dpm++", steps=1, guidance_scale=g, height=SIZE, width=SIZE)
+        one_step[g] = Sampler(backend, comps.tokenizer, comps.scheduler.config, cfg).generate(
+            [PROMPT], [SEED], output="latent")
+    assert np.array_equal(one_step[0.0], one_step[1.0])
+    assert np.array_equal(one_step[0.5], one_step[1.0])
     assert not np.allclose(latents[4.0][0], latents[1.0][0], atol=1e-3)
     # Pixels at guidance 4: ours through Sampler.decode (generate's own tail), stock's through
     # the pipeline's own VAE and image processor (its tail after the denoising loop).
