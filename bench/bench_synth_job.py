@@ -4,11 +4,16 @@ Group ``synthesis job``: images per second *written to disk*, same model (the ``
 prompts, scheduler (DPM++), steps, guidance, batch and thread count (2, or
 ``$MEDFAKE_BENCH_THREADS``):
 
-- ``baseline``: the stock diffusers ``StableDiffusionPipeline`` followed by a plain PIL save loop
-  (``Image.save(f"{i}.png")`` per image);
-- ``candidate`` (ONNX): ``medfake synth`` (``pipelines.synth.run_job``) on the ONNX Runtime
-  backend: plan, generation, PNG encoding and tar writing in the background pool, fsync +
-  rename + manifest per shard, ``dataset.json``;
+- ``baseline``: the stock diffusers ``StableDiffusionPipeline`` followed by a plain save loop
+  writing one PNG file per image, encoded exactly as medfake encodes it (the dataset's channels:
+  greyscale for the phantom world; ``encode_image``, PNG compression level 1): both sides pay
+  for the same bytes;
+- ``candidate`` (ONNX, one stream): ``medfake synth`` (``pipelines.synth.run_job``) on the ONNX
+  Runtime backend with ``streams=1``: the like-for-like row (one denoising stream of THREADS
+  threads, as the stock pipeline runs). Plan, generation, PNG encoding and tar writing in the
+  background pool, fsync + rename + manifest per shard, ``dataset.json``;
+- ``candidate`` (ONNX, streams): the same job with its default concurrent streams: what the
+  streams add, its own row, not the headline;
 - ``candidate`` (torch): the same job on the PyTorch backend.
 
 Models are loaded once outside the timing (the stock pipeline's too); every round writes a fresh
@@ -40,7 +45,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from medfake.engine.data.reader import DatasetInfo
-from medfake.engine.data.format import Sample
+from medfake.engine.data.format import Sample, encode_image
 from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
 from medfake.engine.diffusion.sd_model import init_model
 from medfake.engine.synth.shard_pool import ShardWriter, encode_sample
@@ -66,23 +71,25 @@ def make_world(root: Path) -> tuple[Path, Path]:
     return init_model("tiny", root / "tiny"), hospital
 
 
-def job_runner(model_dir: Path, hospital: Path, root: Path, backend: str, threads: int
-               ) -> Callable[[], object]:
+def job_runner(model_dir: Path, hospital: Path, root: Path, backend: str, threads: int,
+               streams: int | None = None) -> Callable[[], object]:
     """One round: the whole job into a fresh output dir (the previous round's is removed
     first, untimed by the caller's setup when it uses ``fresh``). The model is loaded once, the
     way the job loads it (``load_samplers``: ONNX Runtime on a CPU gets one stream per thread)."""
     load_cfg = SynthConfig(str(model_dir), str(hospital), "", backend=backend, threads=threads,
-                           steps=STEPS, guidance_scale=GUIDANCE)
+                           steps=STEPS, guidance_scale=GUIDANCE, streams=streams)
     samplers = load_samplers(load_cfg, 32)
     per_stream = threads_per_stream(threads, len(samplers))
-    dirs = (root / f"{backend}-{i}" for i in itertools.count())
+    tag = f"{backend}-s{streams or 'auto'}"
+    dirs = (root / f"{tag}-{i}" for i in itertools.count())
 
     def fresh() -> SynthConfig:
-        for old in root.glob(f"{backend}-*"):
+        for old in root.glob(f"{tag}-*"):
             shutil.rmtree(old)
         return SynthConfig(str(model_dir), str(hospital), str(next(dirs)), per_class=PER_CLASS,
                            steps=STEPS, guidance_scale=GUIDANCE, batch_size=BATCH,
-                           samples_per_shard=PER_SHARD, backend=backend, threads=threads)
+                           samples_per_shard=PER_SHARD, backend=backend, threads=threads,
+                           streams=streams)
 
     def run(cfg: SynthConfig | None = None):
         torch.set_num_threads(per_stream)
@@ -96,7 +103,8 @@ def job_runner(model_dir: Path, hospital: Path, root: Path, backend: str, thread
 
 def stock_runner(model_dir: Path, hospital: Path, root: Path, threads: int = THREADS
                  ) -> Callable[[], int]:
-    """One round: the job's 48 prompts and seeds through the stock pipeline, saved with PIL."""
+    """One round: the job's 48 prompts and seeds through the stock pipeline, each image saved
+    as a PNG file encoded as medfake encodes it (dataset channels, ``encode_image``)."""
     info = DatasetInfo.load(hospital)
     cfg = SynthConfig(str(model_dir), str(hospital), "", per_class=PER_CLASS)
     plan = plan_samples(cfg, info.class_names, info.prompt_templates)
@@ -113,9 +121,12 @@ def stock_runner(model_dir: Path, hospital: Path, root: Path, threads: int = THR
             batch = plan[b:b + BATCH]
             gens = [torch.Generator().manual_seed(p["seed"]) for p in batch]
             images = pipe([p["prompt"] for p in batch], height=32, width=32,
-                          num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=gens).images
-            for img in images:
-                img.save(out / f"{n:06d}.png")
+                          num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=gens,
+                          output_type="np").images
+            for img in (images * 255).round().astype(np.uint8):
+                if info.channels == 1:   # as pipelines.synth does for a greyscale dataset
+                    img = img.astype(np.float32).mean(-1).round().astype(np.uint8)
+                (out / f"{n:06d}.png").write_bytes(encode_image(img, "png"))
                 n += 1
         return n
 
@@ -129,8 +140,8 @@ def setup(tmp_path_factory):
     return (*make_world(root), root)
 
 
-def _job(benchmark, setup, backend: str):
-    run = job_runner(*setup, backend, THREADS)
+def _job(benchmark, setup, backend: str, streams: int | None = None):
+    run = job_runner(*setup, backend, THREADS, streams)
     run()  # warm-up
     results = []
     benchmark.pedantic(lambda cfg: results.append(run(cfg)),
@@ -141,7 +152,12 @@ def _job(benchmark, setup, backend: str):
 
 
 @pytest.mark.benchmark(group=JOB_GROUP)
-def test_candidate_synth_job_onnx(benchmark, setup):
+def test_candidate_synth_job_onnx_one_stream(benchmark, setup):
+    _job(benchmark, setup, "onnx", streams=1)
+
+
+@pytest.mark.benchmark(group=JOB_GROUP)
+def test_candidate_synth_job_onnx_streams(benchmark, setup):
     _job(benchmark, setup, "onnx")
 
 
@@ -205,12 +221,16 @@ def test_baseline_plain_tarfile(benchmark, encoded, tmp_path):
 
 
 def interleaved(threads: int = 1, rounds: int = 5) -> None:
-    """Alternate rounds of the three job variants; print median img/s and ratios."""
+    """Alternate rounds of the job variants; print median img/s and ratios (the 1-stream row is
+    the like-for-like one)."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, hospital = make_world(root)
-        runs = {"medfake synth job, onnx": job_runner(model_dir, hospital, root, "onnx", threads),
+        runs = {"medfake synth job, onnx, 1 stream": job_runner(model_dir, hospital, root, "onnx",
+                                                                threads, streams=1),
+                "medfake synth job, onnx, streams": job_runner(model_dir, hospital, root, "onnx",
+                                                               threads),
                 "medfake synth job, torch": job_runner(model_dir, hospital, root, "torch",
                                                        threads),
                 "stock pipeline + PIL save": stock_runner(model_dir, hospital, root, threads)}
@@ -228,7 +248,7 @@ def interleaved(threads: int = 1, rounds: int = 5) -> None:
     print(f"{N_IMAGES} images per round, {rounds} interleaved rounds, {threads} thread(s), "
           f"load average {os.getloadavg()[0]:.2f}")
     for k, r in rate.items():
-        print(f"  {k:28s} {r:7.2f} img/s   {r / base:5.2f}x stock")
+        print(f"  {k:34s} {r:7.2f} img/s   {r / base:5.2f}x stock")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ group; they run in the same process, one after the other, so each ratio (candida
 baseline rate, rates = ``extra_info["per_round"]`` units per median round) is measured side by
 side on the same noisy machine. Units are images for throughput rows and GFLOP for the
 efficiency row, whose baseline is the fp32 matmul peak.
+
+``RESULTS.md`` is a log: each run adds a section headed by its date and machine at the top, and
+every row carries the date it was measured. Earlier sections (and the rows other scripts add by
+hand under ``MARKER``) are kept verbatim below it: a figure is never re-dated without being
+re-measured.
 Usage: ``python bench/run.py [pytest args]`` (``make bench`` / ``medfake bench``).
 """
 from __future__ import annotations
@@ -19,7 +24,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MARKER = "<!-- figures from other bench scripts: kept by run.py -->"
+MARKER = "<!-- earlier runs and figures from other bench scripts: kept verbatim by run.py -->"
+HEADER = ["# Benchmark results", "",
+          "Ratios are measured side by side in one run; absolute rates are noisy on shared "
+          "machines. Every row carries the date it was measured; newer sections come first, "
+          "and nothing below a section's heading is re-dated without being re-measured.", ""]
 
 
 def _rate(b: dict) -> float:
@@ -47,6 +56,7 @@ def main(argv: list[str]) -> int:
     for b in data["benchmarks"]:
         role = "baseline" if "baseline" in b["name"] else "candidate"
         groups.setdefault(b["group"], {}).setdefault(role, []).append(b)
+    stamp = datetime.date.today().isoformat()
     rows = []
     for group, g in groups.items():
         if not g.get("baseline") or not g.get("candidate"):
@@ -54,28 +64,28 @@ def main(argv: list[str]) -> int:
         base = g["baseline"][0]
         base_rate = _rate(base)
         for c in sorted(g["candidate"], key=_rate, reverse=True):
-            rows.append(f"| {group} | {c['name']}: {_rate(c):.2f} {_unit(c)}/s | "
+            rows.append(f"| {stamp} | {group} | {c['name']}: {_rate(c):.2f} {_unit(c)}/s | "
                         f"{base['name']}: {base_rate:.2f} {_unit(base)}/s | "
                         f"**{_rate(c) / base_rate:.2f}x** |")
     from medfake.engine.core import capabilities as cap
     gpu = ("GPU section: ran." if cap.cuda().available else
            f"GPU section (bench_gpu.py: TensorRT vs ORT-CUDA vs torch+xformers): skipped, "
            f"no CUDA GPU ({cap.cuda().detail}).")
-    stamp = datetime.date.today().isoformat()
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch threads 2; 1-min load "
                f"average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
-    text = ["# Benchmark results", "",
-            "Ratios are measured side by side in one run (`make bench`, i.e. "
-            "`python bench/run.py`); absolute rates are noisy on shared machines.", "",
-            f"Last run: {stamp} on {machine}.", "",
-            "| benchmark | candidate | baseline | ratio (candidate rate / baseline rate) |",
-            "|---|---|---|---|", *rows, "", gpu, ""]
+    section = [f"## `make bench` (`python bench/run.py`), {stamp}", "",
+               f"{machine}.", "",
+               "| measured | benchmark | candidate | baseline | ratio (candidate rate / "
+               "baseline rate) |", "|---|---|---|---|---|", *rows, "", f"{stamp}: {gpu}", ""]
     results = HERE / "RESULTS.md"
     old = results.read_text() if results.exists() else ""
-    if MARKER in old:  # figures from other scripts (fault injection, trainer peers) are kept
-        text += ["", old[old.index(MARKER):].rstrip(), ""]
+    # Everything of the old file from its first section on (earlier runs, other scripts' rows),
+    # verbatim, below the new section.
+    body = old.replace(MARKER, "")
+    earlier = body[body.index("\n## ") + 1:].strip() if "\n## " in body else ""
+    text = [*HEADER, *section, MARKER, "", earlier, ""]
     results.write_text("\n".join(text))
-    print("\n".join(text))
+    print("\n".join(section))
     return 0
 
 

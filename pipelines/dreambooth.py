@@ -433,7 +433,8 @@ def finetune_dreambooth(base_model: str | os.PathLike, real_dataset: str | os.Pa
     _save_outputs(comps, base_model, out, cfg, tokens, inst_templates, templates, base_hash)
     losses = state["losses"]
     (out / MARKER).write_text(json.dumps({
-        "complete": True, "job": job, "base_model": str(base_model), "tokens": tokens,
+        "complete": True, "job": job, "base_model": str(Path(base_model).resolve()),
+        "real_dataset": str(Path(real_dataset).resolve()), "split": cfg.split, "tokens": tokens,
         "instance_keys": inst.keys, "class_images": len(prior) if prior else 0,
         "image_size": size, "final_loss": float(np.mean(losses[-20:])) if losses else None,
         "losses": losses[::max(1, len(losses) // 200)],

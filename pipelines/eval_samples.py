@@ -47,11 +47,14 @@ def eval_quality(real: str, synthetic: str, out: str, split: str = "test",
     return path
 
 
-def eval_memorization(real: str, synthetic: str, out: str, real_split: str = "train",
+def eval_memorization(real: str | None, synthetic: str, out: str, real_split: str = "train",
                       synthetic_split: str = "train", encoder: str = "pixel",
                       threshold: float | None = None, max_pairs: int = 16) -> dict:
     """Write ``memorization.json``, ``memorization_pairs.png``, ``memorization_hist.png`` into
-    ``out``; return the JSON summary."""
+    ``out``; return the JSON summary.
+
+    ``real`` None: audit against what the generator learned from, read from the synthetic
+    dataset's records (``pipelines.lineage``); an error when they do not say."""
     from ..engine.evaluation.memorization import (
         audit_memorization,
         distance_histogram,
@@ -61,12 +64,26 @@ def eval_memorization(real: str, synthetic: str, out: str, real_split: str = "tr
     if threshold is not None and threshold < 0:
         raise ValueError(f"--threshold must be >= 0, got {threshold}")
     enc = load_encoder(encoder)
-    _, r, s = _load_pair(real, real_split, synthetic, synthetic_split)
+    if real is None:
+        from .lineage import dataset_lineage, load_references
+        lin = dataset_lineage(synthetic)
+        if not lin.references:
+            raise DatasetError(f"{lin.unknown}. Pass --real DIR (and --real-split): the data "
+                               f"the generator learned from")
+        s = load_split(synthetic, synthetic_split)
+        r = load_references(lin.references)
+        where = {"reference": "the generator's training data",
+                 "sources": [x.describe() for x in lin.references],
+                 "synthetic": str(Path(synthetic).resolve()), "synthetic_split": synthetic_split,
+                 **({"incomplete": lin.unknown} if lin.unknown else {})}
+    else:
+        _, r, s = _load_pair(real, real_split, synthetic, synthetic_split)
+        where = {"reference": "--real", **_provenance(real, real_split, synthetic,
+                                                      synthetic_split)}
     audit = audit_memorization(s, r, enc, threshold)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    summary = {**audit.to_json(), **_provenance(real, real_split, synthetic, synthetic_split),
-               "encoder_spec": encoder}
+    summary = {**audit.to_json(), **where, "encoder_spec": encoder}
     (outdir / "memorization.json").write_text(json.dumps(summary, indent=1) + "\n")
     Image.fromarray(pair_grid(audit, s, r, max_pairs=max_pairs)).save(
         outdir / "memorization_pairs.png")

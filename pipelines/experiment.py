@@ -91,34 +91,71 @@ def provenance(command: str, datasets: dict[str, str | os.PathLike | None]) -> d
 
 # ----------------------------------------------------------------------------- quality, privacy
 
+def audit_reference(synthetic_dir: Path, fallback: SplitArrays,
+                    fallback_name: str = "the real train split") -> tuple[SplitArrays, dict]:
+    """The images to audit ``synthetic_dir`` against: what its generator learned from
+    (``pipelines.lineage``), else ``fallback``, and a record saying which was used and why."""
+    from .lineage import dataset_lineage, load_references
+    lin = dataset_lineage(synthetic_dir)
+    if lin.references:
+        ref = load_references(lin.references)
+        rec = {"reference": "the generator's training data",
+               "sources": [r.describe() for r in lin.references], "n_reference": len(ref)}
+        if lin.unknown:
+            rec["incomplete"] = lin.unknown
+        return ref, rec
+    log.warning("memorization audit of %s: %s; auditing against %s instead", synthetic_dir,
+                lin.unknown, fallback_name)
+    return fallback, {"reference": f"{fallback_name} (fallback: the generator's training "
+                                   f"data is not recorded)", "why": lin.unknown,
+                      "n_reference": len(fallback)}
+
+
+def audit_source(name: str, synthetic_dir: Path, train: SplitArrays, enc: Any, out_dir: Path,
+                 threshold: float | None = None, syn: SplitArrays | None = None) -> dict:
+    """Memorization audit of one synthetic dataset against ``audit_reference``'s images; the
+    pair grid and histogram go to ``out_dir/memorization/<slug>_{pairs,hist}.png``."""
+    from ..engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
+    syn = syn if syn is not None else load_split(synthetic_dir, "train", skip_bad=True)
+    ref, ref_record = audit_reference(synthetic_dir, train)
+    audit = audit_memorization(syn, ref, enc, threshold)
+    mdir = out_dir / "memorization"
+    mdir.mkdir(parents=True, exist_ok=True)
+    slug = slugify(name)
+    Image.fromarray(pair_grid(audit, syn, ref)).save(mdir / f"{slug}_pairs.png")
+    distance_histogram(audit, mdir / f"{slug}_hist.png")
+    log.info("source %s: %d of %d flagged against %s (%d images)", name, len(audit.flagged),
+             len(syn), ref_record["reference"], len(ref))
+    return {**audit.to_json(), **ref_record, "dir": str(synthetic_dir),
+            "pairs_png": f"memorization/{slug}_pairs.png",
+            "hist_png": f"memorization/{slug}_hist.png"}
+
+
 def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArrays,
                    class_names: list[str], out_dir: Path, encoder: str = "pixel",
                    threshold: float | None = None,
                    control: SplitArrays | None = None) -> tuple[dict, dict]:
-    """Sample quality (vs the real test split) and memorization audit (vs the real train split)
-    of each synthetic dataset dir; pair grids and histograms go to ``out_dir/memorization``.
+    """Sample quality (vs the real test split) and memorization audit of each synthetic dataset
+    dir; pair grids and histograms go to ``out_dir/memorization``.
+
+    Each source is audited against the images its generator learned from (``audit_reference``:
+    the public corpus for the embedded generator, the k-shot and class images (and the base
+    model's corpus) for DreamBooth, the training images for GANs, the source images for
+    conditioned synthesis and classic augmentation); only where that is not recorded against
+    ``train`` (the real train split), and the result says which reference it used.
     ``control``: also the quality of the control corpus (as many images per class as the
     largest source), the reference a generator should beat. Returns (quality, memorization)."""
-    from ..engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
     from ..engine.evaluation.quality import load_encoder, quality_report
     enc = load_encoder(encoder)
-    mdir = out_dir / "memorization"
-    mdir.mkdir(parents=True, exist_ok=True)
     quality, memo, largest = {}, {}, 1
     for name, d in sources.items():
         syn = load_split(d, "train", skip_bad=True)
         largest = max(largest, int(np.bincount(syn.labels).max()))
         quality[name] = quality_report(test, syn, enc, class_names)
-        audit = audit_memorization(syn, train, enc, threshold)
-        slug = slugify(name)
-        Image.fromarray(pair_grid(audit, syn, train)).save(mdir / f"{slug}_pairs.png")
-        distance_histogram(audit, mdir / f"{slug}_hist.png")
-        memo[name] = {**audit.to_json(), "dir": str(d),
-                      "pairs_png": f"memorization/{slug}_pairs.png",
-                      "hist_png": f"memorization/{slug}_hist.png"}
-        log.info("source %s: FD %.3g, 1-NN acc %.3f, %d flagged", name,
+        memo[name] = audit_source(name, Path(d), train, enc, out_dir, threshold, syn)
+        log.info("source %s: FD %.3g, 1-NN acc %.3f", name,
                  quality[name]["overall"]["frechet_distance"],
-                 quality[name]["overall"]["one_nn_accuracy"], len(audit.flagged))
+                 quality[name]["overall"]["one_nn_accuracy"])
     if control is not None and sources:
         sub = draw_per_class(control, largest, 0, len(class_names))
         quality["control corpus (used directly)"] = quality_report(test, sub, enc, class_names)

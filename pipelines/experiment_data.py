@@ -65,6 +65,30 @@ def draw_per_class(pool: SplitArrays, n: int, seed: int, n_classes: int) -> Spli
     return pool.subset(sorted(idx))
 
 
+def write_subset(source_dir: str | os.PathLike, sub: SplitArrays, job: dict[str, Any],
+                 out: Path) -> Path:
+    """``sub`` (images drawn from the dataset ``source_dir``) written as the dataset ``out``
+    (split ``train``, provenance ``job``); kept when ``out`` already holds the same job.
+
+    Written into ``<out>.partial`` and renamed into place whole, so a kill leaves no half
+    dataset under the final name."""
+    out = Path(out)
+    if (out / "dataset.json").is_file() and \
+            json.loads((out / "dataset.json").read_text())["provenance"] == job:
+        return out
+    info = DatasetInfo.load(source_dir)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with DatasetWriter(tmp, info.class_names, info.prompt_templates, job, info.image_size,
+                       info.channels, 256) as w:
+        for i in range(len(sub)):
+            w.add("train", Sample(sub.keys[i], sub.images[i], int(sub.labels[i]),
+                                  sub.captions[i], sub.metas[i]))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def _kshot(train: SplitArrays, k: int | str, seed: int) -> SplitArrays:
     from ..engine.data.kshot import kshot_subset
     return train if k == "all" else kshot_subset(train, int(k), seed)
@@ -210,18 +234,8 @@ class ExperimentData:
         if (out / "dataset.json").is_file() and \
                 json.loads((out / "dataset.json").read_text())["provenance"] == job:
             return out
-        tmp = self.out / ".control-equal.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
         sub = draw_per_class(self.control, n, derive_seed("control-equal"), len(self.names))
-        info = DatasetInfo.load(self.control_dir)
-        with DatasetWriter(tmp, self.names, info.prompt_templates, job, info.image_size,
-                           info.channels, 256) as w:
-            for i in range(len(sub)):
-                w.add("train", Sample(sub.keys[i], sub.images[i], int(sub.labels[i]),
-                                      sub.captions[i], sub.metas[i]))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-        return out
+        return write_subset(self.control_dir, sub, job, out)
 
     # ------------------------------------------------------------------ one arm
 

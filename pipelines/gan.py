@@ -198,6 +198,7 @@ def train_gan(real_dataset: str | os.PathLike, out_dir: str | os.PathLike,
     (out / META).write_text(json.dumps({
         "format": "medfake-gan/1", "complete": True, "kind": cfg.kind, "arch": asdict(arch),
         "class_names": names, "units": units, "job": job, "train_keys": keys,
+        "real_dataset": str(Path(real_dataset).resolve()), "split": cfg.split,
         "wall_seconds_this_run": round(time.time() - t0, 1)}, indent=1) + "\n")
     for unit in units:
         (out / f".unit_{unit}.json").unlink(missing_ok=True)
@@ -263,7 +264,8 @@ def sample_gan(cfg: GANSampleConfig) -> Path:
         write_shard(out, "train", i, samples, real.class_names)
     bar.close()
     finalize_dataset(out, real.class_names, real.prompt_templates,
-                     {"generator": meta["kind"], "job": job, "torch": torch.__version__},
+                     {"generator": meta["kind"], "job": job, "torch": torch.__version__,
+                      "lineage": {"gan_dir": str(Path(cfg.gan_dir).resolve())}},
                      size, real.channels)
     return out
 

@@ -167,8 +167,10 @@ def _classic(spec: GeneratorSpec, real: Path, per_class: int, seed: int, out: Pa
                     "class_name": info.class_names[p["cls"]], "split": "train"}
             samples.append(Sample(p["key"], img, p["cls"], p["prompt"], meta))
         write_shard(out, "train", i, samples, info.class_names)
+    lineage = {"real_dataset": str(real.resolve()), "source_keys": sorted(
+        {pool.keys[i] for i in source.values()})}
     finalize_dataset(out, info.class_names, info.prompt_templates, {"generator": "classic",
-                     "job": job}, info.image_size, info.channels)
+                     "job": job, "lineage": lineage}, info.image_size, info.channels)
     return out
 
 

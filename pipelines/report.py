@@ -100,7 +100,8 @@ def normalize(results: dict) -> dict:
                      **r, "ci95": ci})
     src = results.get("synthetic_dir")
     return {**results, "rows": rows, "protocol": "run",
-            "datasets": {"real": results.get("hospital_dir"), "control": results.get("public_dir"),
+            "datasets": {"real": results.get("hospital_dir"), "control": results.get("control_dir")
+                         or results.get("public_dir"),
                          "sources": {"diffusion": {"dir": src}} if src else {}}}
 
 
@@ -263,25 +264,32 @@ def _memo_blocks(res: dict, run_dir: Path) -> list[tuple]:
     memo = res.get("memorization") or {}
     if not memo:
         return [("p", "No memorization audit in this run (no synthetic source).")]
-    blocks: list[tuple] = [("p", "For every synthetic image, its nearest real TRAINING image and "
-                            "distance. Pairs below the threshold are flagged (a synthetic image "
-                            "that is a near copy of a patient image).")]
+    blocks: list[tuple] = [("p", "For every synthetic image, its nearest image among those its "
+                            "generator learned from (the reference, named per source) and their "
+                            "distance. Pairs below the threshold are flagged: a synthetic image "
+                            "that is a near copy of a training image.")]
     for src, m in memo.items():
         scalars = [[k, _num(v)] for k, v in m.items()
                    if isinstance(v, (int, float, str)) and k not in ("pairs_png", "hist_png")]
         blocks += [("h3", src), ("table", ["field", "value"], scalars)]
+        if m.get("sources"):
+            blocks.append(("table", ["reference dataset", "split", "what the generator used it "
+                                     "for", "images"],
+                           [[r["dataset"], r["split"], r["role"], r["images"]]
+                            for r in m["sources"]]))
         q_syn, q_ref = m.get("distance_quantiles") or {}, m.get("reference_quantiles") or {}
         if q_syn:
-            blocks.append(("table", ["quantile", "synthetic -> nearest real train",
-                                     "real train -> nearest other real train"],
+            blocks.append(("table", ["quantile", "synthetic -> nearest reference",
+                                     "reference -> nearest other reference"],
                            [[q, _num(v), _num(q_ref.get(q, math.nan))] for q, v in q_syn.items()]))
         flagged = m.get("flagged") or []
         if flagged:
-            blocks.append(("table", ["synthetic", "nearest real (train)", "distance"],
+            blocks.append(("table", ["synthetic", "nearest reference image", "distance"],
                            [[f["synthetic_key"], f["real_key"], _num(float(f["distance"]))]
                             for f in flagged[:20]]))
-        for key, cap in (("hist_png", "distance to the nearest real training image"),
-                         ("pairs_png", "flagged (or closest) pairs: synthetic left, real right")):
+        for key, cap in (("hist_png", "distance to the nearest reference image"),
+                         ("pairs_png", "flagged (or closest) pairs: synthetic left, "
+                                       "reference right")):
             if m.get(key) and (run_dir / m[key]).is_file():
                 blocks.append(("img", m[key], f"{src}: {cap}"))
     return blocks

@@ -6,9 +6,15 @@ phantoms (cached) -> generator pretraining on the public corpus (cached) -> synt
 
 Arms share one fine-tuning budget (same steps, batch, lr) and differ only in what the model saw
 before it: nothing (real-only), synthetic images, or the generator's own training corpus used
-directly (the control a generator must beat). ``synthetic-only`` never sees a real image.
-The small-CNN arms repeat the comparison with the liver-lesion study's classifier trained on
-real, real+synthetic or real+public images at an equal step budget.
+directly (the control a generator must beat). The control sees exactly as many corpus images
+per class as the synthetic arm sees synthetic ones (``control-equal/``, drawn once with a fixed
+seed): a generator is compared with its data at equal count, never with all of it.
+``synthetic-only`` never sees a real image. The small-CNN arms repeat the comparison with the
+liver-lesion study's classifier trained on real, real+synthetic or real+public images (the same
+count per class as the synthetic ones, drawn per seed) at an equal step budget.
+
+The memorization audit compares the synthetic images with what the generator learned from (the
+public corpus), not with the hospital data it never saw (``experiment.audit_reference``).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from ..engine.data.phantoms import make_phantom_world
 from ..engine.core.seeding import derive_seed
 from .configs.run import RunConfig
 from .experiment import assess_sources, invocation, provenance
+from .experiment_data import draw_per_class, write_subset
 from .report import write_report
 from .synth import SynthConfig, synthesize
 from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier, pretrain_clip,
@@ -91,17 +98,29 @@ def run_chain(cfg: RunConfig) -> Path:
     stage("synthesis", t)
 
     t = time.time()
+    info = DatasetInfo.load(hospital)
+    names = info.class_names
+    public_arr = load_split(public, "train", skip_bad=True)
+    # The control at equal count: as many corpus images per class as synthetic ones.
+    n_syn = min(DatasetInfo.load(synth_dir).splits["train"]["per_class"].values())
+    n_pub = int(np.bincount(public_arr.labels, minlength=len(names)).min())
+    if n_pub < n_syn:
+        log.warning("the public corpus holds %d images of its smallest class, fewer than the %d "
+                    "synthetic ones per class: the control sees %d per class", n_pub, n_syn, n_pub)
+    n_ctrl = min(n_syn, n_pub)
+    control_dir = write_subset(public, draw_per_class(public_arr, n_ctrl,
+                                                      derive_seed("control-equal"), len(names)),
+                               {"subset_of": str(public), "per_class": n_ctrl,
+                                "purpose": "control at equal count with the synthetic arm"},
+                               run_dir / "control-equal")
     ckpt_synth = pretrain_clip([str(synth_dir)], run_dir / "clip-synthetic", cfg.clip)
-    ckpt_public = pretrain_clip([str(public)], run_dir / "clip-public", cfg.clip)
+    ckpt_public = pretrain_clip([str(control_dir)], run_dir / "clip-control-equal", cfg.clip)
     stage("clip_pretrain", t)
 
     t = time.time()
-    info = DatasetInfo.load(hospital)
-    names = info.class_names
     train_pool = load_split(hospital, "train", skip_bad=True)
     test = load_split(hospital, "test", skip_bad=True)
     synth = load_split(synth_dir, "train", skip_bad=True)
-    public_arr = load_split(public, "train", skip_bad=True)
     rows: list[dict] = []
     for seed in cfg.seeds:
         real_k = kshot_subset(train_pool, cfg.k_shot, seed)
@@ -112,16 +131,20 @@ def run_chain(cfg: RunConfig) -> Path:
             "clip synthetic-only": (ckpt_synth, synth),
             "clip control: public-pretrain + real-finetune": (ckpt_public, real_k),
         }
+        extra = {"clip real-only": 0, "clip control: public-pretrain + real-finetune": n_ctrl}
         for arm, (init, data) in arms.items():
             model = finetune_classifier(init, data, names, info.prompt_templates, fcfg)
-            rows.append({"arm": arm, "seed": seed,
+            rows.append({"arm": arm, "seed": seed, "n_extra_per_class": extra.get(arm, n_syn),
                          **evaluate_classifier(model, test, names)})
         rows.append({"arm": "clip synthetic-only, zero-shot", "seed": seed,
+                     "n_extra_per_class": n_syn,
                      **zero_shot_eval(ckpt_synth, test, names, info.prompt_templates)})
-        cnn_arms = {"cnn real-only": real_k, "cnn real + synthetic": _concat(real_k, synth),
-                    "cnn control: real + public": _concat(real_k, public_arr)}
-        for arm, data in cnn_arms.items():
-            rows.append({"arm": arm, "seed": seed,
+        pub_k = draw_per_class(public_arr, n_ctrl, derive_seed("cnn control", seed), len(names))
+        cnn_arms = {"cnn real-only": (real_k, 0),
+                    "cnn real + synthetic": (_concat(real_k, synth), n_syn),
+                    "cnn control: real + public": (_concat(real_k, pub_k), n_ctrl)}
+        for arm, (data, n_extra) in cnn_arms.items():
+            rows.append({"arm": arm, "seed": seed, "n_extra_per_class": n_extra,
                          **_cnn_arm(data, test, names, cfg.cnn_steps, seed)})
         log.info("seed %d done", seed)
     stage("finetune_evaluate", t)
@@ -131,7 +154,8 @@ def run_chain(cfg: RunConfig) -> Path:
                "n_test": len(test),
                "rows": rows, "timings_s": timings, "model_dir": str(model_dir),
                "synthetic_dir": str(synth_dir), "hospital_dir": str(hospital),
-               "public_dir": str(public)}
+               "public_dir": str(public), "control_dir": str(control_dir),
+               "control_per_class": n_ctrl, "synthetic_per_class": n_syn}
     results["quality"], results["memorization"] = assess_sources(
         {"diffusion": synth_dir}, train_pool, test, names, run_dir, control=public_arr)
     results["provenance"] = provenance(

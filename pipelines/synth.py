@@ -173,7 +173,10 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
             "prompt_templates": templates, "class_prompt_templates": real.prompt_templates,
             **({"identifier_tokens": tokens} if tokens else {}),
             **({"real_train_sha256": split_fingerprint(real)} if uses_real else {}),
-            **curation.identity()}
+            **curation.identity(),
+            "lineage": {"model_dir": str(Path(cfg.model_dir).resolve()),
+                        "real_dataset": str(Path(cfg.real_dataset).resolve()),
+                        "mode": mode.mode, "conditioned": mode.conditioned}}
 
 
 # ----------------------------------------------------------------------------- running

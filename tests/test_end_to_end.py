@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from medfake.pipelines.run import RunConfig, run_chain
 
@@ -18,6 +19,17 @@ def test_chain_end_to_end(tmp_path):
                     "clip control: public-pretrain + real-finetune",
                     "cnn real-only", "cnn real + synthetic", "cnn control: real + public"}
     assert len(results["rows"]) == len(arms) * len(cfg.seeds)
+    # The control sees as many corpus images per class as the synthetic arm sees synthetic ones.
+    n = cfg.synth_per_class
+    assert results["control_per_class"] == results["synthetic_per_class"] == n
+    ctrl = json.loads((run_dir / "control-equal" / "dataset.json").read_text())
+    assert ctrl["splits"]["train"]["per_class"] == {c: n for c in results["class_names"]}
+    for r in results["rows"]:
+        assert r["n_extra_per_class"] == (0 if "real-only" in r["arm"] else n), r["arm"]
+    # The audit's reference is the generator's corpus (public), not the hospital split.
+    memo = results["memorization"]["diffusion"]
+    assert memo["reference"] == "the generator's training data"
+    assert [s["dataset"] for s in memo["sources"]] == [str(Path(results["public_dir"]).resolve())]
     for r in results["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["macro_auc"] <= 1.0
         assert set(r["sensitivity"]) == set(results["class_names"])

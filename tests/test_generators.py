@@ -46,6 +46,28 @@ def test_each_kind_yields_a_valid_dataset(kind, micro, small_world, tmp_path):
     stamp = (out / "train-000000.tar").stat().st_mtime_ns
     make_synthetic_dataset(_spec(kind, micro), hospital, 2, 0, tmp_path / "syn")  # resumes: no-op
     assert (out / "train-000000.tar").stat().st_mtime_ns == stamp
+    _check_lineage(kind, out, hospital)
+
+
+def _check_lineage(kind: str, out, hospital) -> None:
+    """Each kind records what its generator learned from (the memorization audit's reference)."""
+    from medfake.pipelines.lineage import dataset_lineage
+    lin = dataset_lineage(out)
+    by_role = {r.role: r for r in lin.references}
+    real = str(hospital.resolve())
+    if kind == "diffusion":  # a model medfake did not train: said, not guessed
+        assert lin.references == () and "no medfake training record" in lin.unknown
+        return
+    if kind == "dreambooth":
+        inst = by_role["DreamBooth instance (k-shot) images"]
+        assert inst.dataset == real and len(inst.keys) == 6
+        assert by_role["DreamBooth prior-preservation class images"].dataset.endswith(
+            "class_images")
+        assert "no medfake training record" in lin.unknown  # its base (micro) has none
+        return
+    (ref,) = lin.references
+    assert ref.dataset == real and ref.split == "train" and lin.unknown is None
+    assert 0 < len(ref.keys) <= 6  # k = 2 per class
 
 
 def test_classic_augments_the_kshot_images_deterministically(small_world, tmp_path):

@@ -157,8 +157,14 @@ class SynthPlan:
         return list(range(rank, self.n_shards, world_size))
 
 
+# Recorded in the plan but not part of the job's identity: where the model and the real data
+# were read from (``lineage``, what the memorization audit compares with). A moved model dir
+# with the same weights is the same job.
+NON_IDENTITY_KEYS = ("segments", "lineage")
+
+
 def _identity(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in (*QUANTITY_KEYS, "segments")}
+    return {k: v for k, v in d.items() if k not in (*QUANTITY_KEYS, *NON_IDENTITY_KEYS)}
 
 
 def _describe_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

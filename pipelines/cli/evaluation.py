@@ -24,7 +24,8 @@ def _memorization(a: argparse.Namespace) -> None:
                           synthetic_split=a.synthetic_split, encoder=a.encoder,
                           threshold=a.threshold, max_pairs=a.max_pairs)
     print(f"{a.out}: {s['n_flagged']} of {s['n_synthetic']} synthetic images within "
-          f"{s['threshold']:.4g} of a real training image ({s['threshold_rule']})")
+          f"{s['threshold']:.4g} of an image the generator learned from "
+          f"({s['threshold_rule']}; reference: {s['reference']})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "real held-out images, overall and per class -> OUT/quality.json")
     em = ev.add_parser("memorization", help="nearest real training image of every synthetic "
                        "image -> OUT/memorization.json, _pairs.png, _hist.png")
+    eq.add_argument("--real", required=True, help="real dataset dir")
+    em.add_argument("--real", help="the dataset the generator learned from (default: read from "
+                    "the synthetic dataset's records: corpus, k-shot, class or source images)")
     for e in (eq, em):
-        e.add_argument("--real", required=True, help="real dataset dir")
         e.add_argument("--synthetic", required=True, help="synthetic dataset dir")
         e.add_argument("--synthetic-split", default="train")
         e.add_argument("--encoder", default="pixel", help=enc_help)
