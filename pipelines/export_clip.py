@@ -56,6 +56,7 @@ def checkpoint_state_dict(ckpt: CheckpointDir, tag: str) -> dict[str, torch.Tens
     if (d / TORCH_STATE).is_file():
         return load_checkpoint(d / TORCH_STATE)["model"]
     if any(d.glob("*optim_states.pt")):
+        verify_checkpoint(d)  # zero_to_fp32 unpickles the files: signed or --trust-code only
         # zero_to_fp32 reports progress with print(): keep stdout for the command's result
         import_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
