@@ -122,6 +122,29 @@ def iter_tar_samples(path: str, channels: int | None = None) -> Iterator[Sample]
                      meta=json.loads(g["json"]) if "json" in g else {})
 
 
+def split_patients(root: str | os.PathLike) -> dict[str, set[str]]:
+    """``{patient_id: {split, ...}}`` over the listed shards of ``root``, from the samples'
+    ``json`` members only (no image is decoded); a sample without ``patient_id`` is not
+    counted. ``DatasetError`` for an unreadable shard."""
+    info = DatasetInfo.load(root)
+    out: dict[str, set[str]] = {}
+    for split in info.splits:
+        for path in info.shard_paths(split):
+            try:
+                with tarfile.open(path, "r") as tar:
+                    for m in tar:
+                        if not (m.isfile() and m.name.endswith(".json")):
+                            continue
+                        meta = json.loads(tar.extractfile(m).read())
+                        pid = meta.get("patient_id") if isinstance(meta, dict) else None
+                        if pid:
+                            out.setdefault(str(pid), set()).add(split)
+            except (tarfile.TarError, OSError, ValueError) as e:
+                raise DatasetError(f"{path} is not a readable tar shard ({type(e).__name__}); "
+                                   f"delete it and re-run the job that wrote it.") from e
+    return out
+
+
 def load_split(root: str | os.PathLike, split: str, *, skip_bad: bool = False,
                skips: "SkipLog | None" = None) -> SplitArrays:
     """Load a whole split into memory (fine for the small real datasets of few-shot work).

@@ -1,13 +1,15 @@
 """Import sources: scan (pass 1, headers only) into ``Item``s, then read one item's pixels.
 
-An item's ``ref`` (a path or array position), ``patient`` and ``group`` may be identifying
-(file names, patient ids, DICOM UIDs): the writer only ever stores their pseudonyms, and
-messages refer to items by ``where`` ("row 17", "file 12"), never by path.
+An item's ``ref`` (a path or array position) and ``patient`` may be identifying (file names,
+patient ids, DICOM UIDs): the writer only ever stores their pseudonyms, and messages refer to
+items by ``where`` ("row 17", "file 12"), never by path. ``patient`` is the source's patient id
+or, failing that, the user's ``--group-by`` key (see ``ImportConfig``); None when neither
+exists. DICOM files at risk of burned-in text (``dicom.burned_in_risk``) are quarantined in
+``Scan.quarantined`` unless the user accepts the risk.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import re
 from collections import Counter
@@ -50,8 +52,7 @@ class Item:
     label: int
     kind: str                      # "image" | "dicom" | "array"
     where: str                     # non-identifying position for messages
-    patient: str | None = None     # raw (identifying) patient id
-    group: str | None = None       # raw grouping reference when there is no patient
+    patient: str | None = None     # raw (identifying) patient id or user group key
     split: str | None = None       # the source's own split, if any
     frame: int = 0
 
@@ -64,6 +65,8 @@ class Scan:
     color: bool = False
     modality: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    quarantined: list[tuple[str, str, str]] = field(default_factory=list)  # (ref, where, reason)
+    accepted_risk: Counter = field(default_factory=Counter)  # reason -> imported anyway
     readable_keys: bool = False     # keys may show the ref (public datasets only)
 
 
@@ -103,14 +106,6 @@ def _palette_is_gray(im: Image.Image) -> bool:
     return bool(len(pal)) and bool((pal == pal[:, :1]).all())
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _patient_from(regex: re.Pattern | None, text: str) -> str | None:
     if regex is None:
         return None
@@ -127,11 +122,27 @@ class FileSource:
         self.cfg = cfg
         self.window = dicom_io.parse_window(cfg.window)
         self.regex = re.compile(cfg.patient_regex) if cfg.patient_regex else None
+        kind, _, arg = (cfg.group_by or "").partition(":")
+        self.group_kind, self.group_arg = kind or None, arg
+        self.dicom_keywords = (arg,) if kind == "dicom" else ()
         self.scan_result: Scan | None = None
         self._modalities: list[str] = []
 
+    def _group_key(self, path: Path, h: dicom_io.DicomHeader | None = None,
+                   row: dict[str, Any] | None = None) -> str | None:
+        """The user's ``--group-by`` value for one file (identifying), or None."""
+        if self.group_kind == "folder":
+            return f"folder\x1f{path.parent.resolve()}"
+        value = ""
+        if self.group_kind == "dicom" and h is not None and h.attrs:
+            value = h.attrs.get(self.group_arg, "")
+        elif self.group_kind == "column" and row is not None:
+            value = str(row.get(self.group_arg) or "").strip()
+        return f"{self.cfg.group_by}\x1f{value}" if value else None
+
     def _add_image(self, scan: Scan, path: Path, label: int, where: str, name_for_regex: str,
-                   patient: str | None = None, split: str | None = None) -> None:
+                   patient: str | None = None, split: str | None = None,
+                   row: dict[str, Any] | None = None) -> None:
         try:
             shape, gray = _image_header(path)
         except Exception as e:  # PIL raises many types for unreadable files
@@ -139,14 +150,13 @@ class FileSource:
             return
         scan.shapes[shape] += 1
         scan.color |= not gray
-        patient = patient or _patient_from(self.regex, name_for_regex)
-        scan.items.append(Item(str(path), label, "image", where, patient=patient,
-                               group=None if patient else "content:" + _file_digest(path),
-                               split=split))
+        patient = (patient or _patient_from(self.regex, name_for_regex)
+                   or self._group_key(path, row=row))
+        scan.items.append(Item(str(path), label, "image", where, patient=patient, split=split))
 
     def _add_dicom_series(self, scan: Scan, files: list[tuple[Path, dicom_io.DicomHeader]],
                           label: int, where: str, patient: str | None = None,
-                          split: str | None = None) -> None:
+                          split: str | None = None, row: dict[str, Any] | None = None) -> None:
         """Items for one series (or one file): every frame/slice, or the middle one."""
         files = sorted(files, key=lambda ph: ph[1].order)
         frames = [(p, h, f) for p, h in files for f in range(h.frames)]
@@ -156,20 +166,26 @@ class FileSource:
             scan.shapes[(h.rows, h.cols)] += 1
             scan.color |= h.color
             self._modalities.append(h.modality)
-            pat = patient or h.patient_ref
-            scan.items.append(Item(str(p), label, "dicom", where, patient=pat,
-                                   group=None if pat else "series:" + (h.series_ref or str(p)),
-                                   split=split, frame=f))
+            pat = patient or h.patient_ref or self._group_key(p, h, row)
+            scan.items.append(Item(str(p), label, "dicom", where, patient=pat, split=split,
+                                   frame=f))
 
-    def _dicom_header(self, scan: Scan, path: Path) -> dicom_io.DicomHeader | None:
+    def _dicom_header(self, scan: Scan, path: Path, where: str) -> dicom_io.DicomHeader | None:
+        """The header, or None for a skipped (unreadable, burned-in) or quarantined file."""
         try:
-            h = dicom_io.read_header(path)
+            h = dicom_io.read_header(path, self.dicom_keywords)
         except dicom_io.DicomReadError as e:
             scan.skipped.append((str(path), e.reason))
             return None
         if h.burned_in:
             scan.skipped.append((str(path), "burned_in_annotation"))
             return None
+        risk = dicom_io.burned_in_risk(h)
+        if risk and not self.cfg.accept_burned_in_risk:
+            scan.quarantined.append((str(path), where, risk))
+            return None
+        if risk:
+            scan.accepted_risk[risk] += 1
         return h
 
     def read(self, item: Item) -> tuple[np.ndarray, dict[str, Any]]:
@@ -218,7 +234,7 @@ class DicomSource(FileSource):
             series: dict[str, list[tuple[Path, dicom_io.DicomHeader]]] = {}
             for p in tqdm(_visible_files(d), desc=f"scan {label + 1}/{len(dirs)}", leave=False):
                 n += 1
-                h = self._dicom_header(scan, p)
+                h = self._dicom_header(scan, p, f"file {n}")
                 if h is not None:
                     series.setdefault(h.series_ref or f"file:{p}", []).append((p, h))
             for files in series.values():
@@ -246,6 +262,9 @@ class CsvSource(FileSource):
                     raise ValueError(f"{path}: no {req} column; its columns are {header}, "
                                      f"expected one of {list(_CSV_COLUMNS[req])}")
             rows = list(reader)
+        if self.group_kind == "column" and self.group_arg not in header:
+            raise ValueError(f"{path}: --group-by {self.cfg.group_by} names no column; its "
+                             f"columns are {header}")
         if not rows:
             raise DatasetError(f"{path} lists no images")
         labels = [str(r[col["label"]]).strip() for r in rows]
@@ -267,11 +286,11 @@ class CsvSource(FileSource):
                 continue
             label = index[labels[i]]
             if p.suffix.lower() == ".dcm" or dicom_io.is_dicom_file(p):
-                h = self._dicom_header(scan, p)
+                h = self._dicom_header(scan, p, where)
                 if h is not None:
-                    self._add_dicom_series(scan, [(p, h)], label, where, patient, splits[i])
+                    self._add_dicom_series(scan, [(p, h)], label, where, patient, splits[i], r)
             else:
-                self._add_image(scan, p, label, where, p.name, patient, splits[i])
+                self._add_image(scan, p, label, where, p.name, patient, splits[i], r)
         scan.modality = self.modality_word()
         return scan
 
