@@ -89,8 +89,9 @@ class ImportConfig(JobConfig):
         "XC, OT, secondary capture; no BurnedInAnnotation=NO): I have checked their pixels and "
         "take responsibility that they identify no one")
     salt_file: str | None = option(
-        None, "secret salt for pseudonyms (default: $MEDFAKE_DEID_SALT or a per-user secret in "
-        "the medfake cache)")
+        None, "file holding the secret salt for pseudonyms (default: $MEDFAKE_DEID_SALT_FILE, "
+        "else a per-user mode-600 secret in the medfake cache; $MEDFAKE_DEID_SALT is accepted "
+        "but warned against)")
     samples_per_shard: int = option(1000, "images per output shard")
 
     def __post_init__(self) -> None:
