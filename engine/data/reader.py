@@ -117,9 +117,15 @@ def iter_tar_samples(path: str, channels: int | None = None) -> Iterator[Sample]
         image = decode_png(g[img_ext], f"{path}:{key}")
         if img_ext == "webp" and channels == 1 and image.ndim == 3:
             image = image[..., 0]
-        yield Sample(key=key, image=image,
-                     cls=int(g["cls"].decode()), txt=g.get("txt", b"").decode(),
-                     meta=json.loads(g["json"]) if "json" in g else {})
+        try:
+            cls, txt = int(g["cls"].decode()), g.get("txt", b"").decode()
+            meta = json.loads(g["json"]) if "json" in g else {}
+            if not isinstance(meta, dict):
+                raise ValueError("json is not an object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{path}: sample {key!r} has a corrupt cls, txt or json member "
+                               f"({type(e).__name__}); rewrite the shard.") from None
+        yield Sample(key=key, image=image, cls=cls, txt=txt, meta=meta)
 
 
 def split_patients(root: str | os.PathLike) -> dict[str, set[str]]:
@@ -295,6 +301,8 @@ class SampleValidator:
             txt = bytes(record.get("txt", b"")).decode()
         except (ValueError, UnicodeDecodeError):
             return self._skip("bad_json", where)
+        if not isinstance(meta, dict):
+            return self._skip("bad_json", where, "not a JSON object")
         self.skips.ok()
         return Sample(key=key, image=image, cls=cls, txt=txt, meta=meta)
 

@@ -194,12 +194,20 @@ def read_frame(path: str | os.PathLike, frame: int, window: str | tuple[float, f
     except DicomReadError:
         raise
     except Exception as e:  # pydicom and numpy raise many types for corrupt pixel data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is not None and syntax.is_compressed:
+        if _is_compressed(ds):
             raise DicomReadError("unsupported_compression",
                                  f"{type(e).__name__}; install pylibjpeg, pylibjpeg-libjpeg or "
                                  f"python-gdcm to decode compressed DICOM") from None
         raise DicomReadError("unreadable_pixels", type(e).__name__) from None
+
+
+def _is_compressed(ds: Any) -> bool:
+    """Whether ``ds`` declares a compressed transfer syntax (False for a corrupt or unknown
+    UID, which pydicom reports by raising)."""
+    try:
+        return bool(ds.file_meta.TransferSyntaxUID.is_compressed)
+    except Exception:  # noqa: BLE001 - missing meta, or "UID is not a transfer syntax"
+        return False
 
 
 def _frame(ds: Any, frame: int, window: str | tuple[float, float]

@@ -252,19 +252,23 @@ class CsvSource(FileSource):
         path = Path(self.cfg.src)
         if not path.is_file():
             raise FileNotFoundError(f"CSV manifest {path} does not exist")
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            col = {k: next((h for h in header if h.strip().lower() in names), None)
-                   for k, names in _CSV_COLUMNS.items()}
-            for req in ("path", "label"):
-                if col[req] is None:
-                    raise ValueError(f"{path}: no {req} column; its columns are {header}, "
-                                     f"expected one of {list(_CSV_COLUMNS[req])}")
-            rows = list(reader)
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                header = reader.fieldnames or []
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DatasetError(f"{path} is not a readable UTF-8 CSV file ({type(e).__name__}: "
+                               f"{str(e)[:80]}); save it as CSV UTF-8") from None
+        col = {k: next((h for h in header if h.strip().lower() in names), None)
+               for k, names in _CSV_COLUMNS.items()}
+        for req in ("path", "label"):
+            if col[req] is None:
+                raise DatasetError(f"{path}: no {req} column; its columns are {header}, "
+                                   f"expected one of {list(_CSV_COLUMNS[req])}")
         if self.group_kind == "column" and self.group_arg not in header:
-            raise ValueError(f"{path}: --group-by {self.cfg.group_by} names no column; its "
-                             f"columns are {header}")
+            raise DatasetError(f"{path}: --group-by {self.cfg.group_by} names no column; its "
+                               f"columns are {header}")
         if not rows:
             raise DatasetError(f"{path} lists no images")
         labels = [str(r[col["label"]]).strip() for r in rows]
@@ -274,8 +278,8 @@ class CsvSource(FileSource):
                   for i, r in enumerate(rows)]
         if any(splits) and not all(splits):
             first = next(i for i, s in enumerate(splits) if not s) + 2
-            raise ValueError(f"{path}: the split column is empty on row {first} but set on others; "
-                             f"fill it for every row (train, val, test) or remove the column")
+            raise DatasetError(f"{path}: the split column is empty on row {first} but set on others; "
+                               f"fill it for every row (train, val, test) or remove the column")
         for i, r in enumerate(tqdm(rows, desc="scan csv", leave=False)):
             where = f"row {i + 2}"
             p = Path(str(r[col["path"]]).strip())
@@ -299,14 +303,14 @@ class CsvSource(FileSource):
         if all(re.fullmatch(r"\d+", v) for v in labels):
             k = max(int(v) for v in labels) + 1
             if given and len(given) < k:
-                raise ValueError(f"labels go up to {k - 1} but --class-names names {len(given)} "
-                                 f"classes; give one name per label index")
+                raise DatasetError(f"labels go up to {k - 1} but --class-names names {len(given)} "
+                                   f"classes; give one name per label index")
             names = list(given) if given else [f"class {i}" for i in range(k)]
             return names, {v: int(v) for v in set(labels)}
         names = list(given) if given else sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
         if unknown:
-            raise ValueError(f"labels {unknown[:5]} are not in --class-names {names}")
+            raise DatasetError(f"labels {unknown[:5]} are not in --class-names {names}")
         return names, {n: i for i, n in enumerate(names)}
 
     @staticmethod
@@ -316,8 +320,8 @@ class CsvSource(FileSource):
             return None
         if v not in _SPLIT_ALIASES:
             also = ", ".join(sorted(set(_SPLIT_ALIASES) - set(SPLITS)))
-            raise ValueError(f"row {row}: split {value!r} is not one of {', '.join(SPLITS)} "
-                             f"(also accepted: {also})")
+            raise DatasetError(f"row {row}: split {value!r} is not one of {', '.join(SPLITS)} "
+                               f"(also accepted: {also})")
         return _SPLIT_ALIASES[v]
 
 
@@ -354,9 +358,19 @@ class MedMnistSource:
         for split in present:
             try:
                 images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-            except ValueError as e:  # object arrays would need pickle: refused
-                raise DatasetError(f"{path}: {split} arrays need pickle to load ({e}); "
-                                   f"refusing") from None
+            except ValueError as e:
+                if "pickle" in str(e):  # object arrays would need pickle: refused
+                    raise DatasetError(f"{path}: {split} arrays need pickle to load ({e}); "
+                                       f"refusing") from None
+                raise DatasetError(f"{path}: {split} arrays are corrupt ({e}); download or "
+                                   f"export the file again") from None
+            except Exception as e:  # zipfile / zlib / OS errors of a damaged archive
+                raise DatasetError(f"{path} is damaged ({type(e).__name__} reading {split}); "
+                                   f"download or export the file again") from None
+            if len(images) == 0 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+                raise DatasetError(f"{path}: {split} holds no images or non-integer labels "
+                                   f"(shape {images.shape}, labels {labels.dtype}); expected "
+                                   f"the MedMNIST layout")
             if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
                 raise DatasetError(f"{path}: {split}_images has shape {images.shape}; expected "
                                    f"(N, H, W) or (N, H, W, 3) 2D images (3D MedMNIST is not "
