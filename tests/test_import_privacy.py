@@ -149,3 +149,53 @@ def test_csv_group_column_and_import_self_check(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="patient\\(s\\) ended up in two splits"):
         import_dataset(ImportConfig("csv", str(tmp_path / "m.csv"), str(tmp_path / "leak"),
                                     group_by="column:visit", **kw))
+
+
+def _text_png(path, text: str | None) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("L", (96, 96), 30)
+    if text:
+        ImageDraw.Draw(img).text((4, 4), text, fill=230, font=ImageFont.load_default(size=14))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def test_detect_text_quarantines_by_position_and_needs_the_package(tmp_path, monkeypatch):
+    import medfake.engine.core.capabilities as caps
+    import medfake.engine.importers.job as job_mod
+    from medfake.engine.core.capabilities import CapabilityError, Probe
+
+    for i in range(6):
+        _text_png(tmp_path / "src" / "a" / f"P{i}_x.png", "DOE JOHN" if i == 2 else None)
+    cfg = dict(unknown_patients_to="train", detect_text=True)
+    monkeypatch.setattr(caps, "rapidocr", lambda: Probe("rapidocr", False, "", "not installed"))
+    with pytest.raises(CapabilityError, match="--detect-text needs the offline text detector"):
+        import_dataset(ImportConfig("imagefolder", str(tmp_path / "src"), str(tmp_path / "x"),
+                                    **cfg))
+    assert not (tmp_path / "x").exists(), "refused before anything was written"
+
+    class Fake:  # stands in for rapidocr: "text" = any bright pixel
+        def has_text(self, image):
+            return bool((image > 200).any())
+
+    monkeypatch.setattr(job_mod, "TextDetector", Fake)
+    res = import_dataset(ImportConfig("imagefolder", str(tmp_path / "src"), str(tmp_path / "o"),
+                                      **cfg))
+    assert res.counts == {"train": 5} and len(res.quarantined) == 1
+    where, reason = res.quarantined[0]
+    assert where.startswith("file ") and reason == "burned_in_text_detected"
+    assert DatasetInfo.load(res.out).provenance["quarantined"] == {"burned_in_text_detected": 1}
+
+
+def test_rapidocr_finds_planted_text(tmp_path):
+    """The real detector, where the optional package is installed (pip install 'medfake[ocr]')."""
+    pytest.importorskip("rapidocr")
+    from medfake.engine.importers.textdetect import TextDetector
+
+    _text_png(tmp_path / "t.png", "DOE^JOHN 1949")
+    _text_png(tmp_path / "b.png", None)
+    from PIL import Image
+    det = TextDetector()
+    assert det.has_text(np.asarray(Image.open(tmp_path / "t.png")))
+    assert not det.has_text(np.asarray(Image.open(tmp_path / "b.png")))

@@ -50,7 +50,9 @@ class ImportConfig(JobConfig):
     (MedMNIST's official splits, a CSV split column) are kept and checked per known patient.
 
     Burned-in text: DICOM files quarantined by ``dicom.burned_in_risk`` are left out and listed
-    by position in the import summary unless ``accept_burned_in_risk``.
+    by position in the import summary unless ``accept_burned_in_risk``; with ``detect_text``,
+    any image (DICOM or not) in which ``textdetect.TextDetector`` finds text is quarantined too
+    (never cleared by the flag).
     """
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
@@ -88,6 +90,9 @@ class ImportConfig(JobConfig):
         False, "also import the DICOM files quarantined for possible burned-in text (US, SC, "
         "XC, OT, secondary capture; no BurnedInAnnotation=NO): I have checked their pixels and "
         "take responsibility that they identify no one")
+    detect_text: bool = option(
+        False, "also run the offline text detector (pip install 'medfake[ocr]') on every "
+        "image; images where it finds text are quarantined (slow: ~1 s per image on a CPU)")
     salt_file: str | None = option(
         None, "file holding the secret salt for pseudonyms (default: $MEDFAKE_DEID_SALT_FILE, "
         "else a per-user mode-600 secret in the medfake cache; $MEDFAKE_DEID_SALT is accepted "

@@ -33,6 +33,7 @@ from .deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
 from .imaging import fit_size, set_channels
 from .sources import Item, ReadSkip, Scan, make_source
 from .splits import assign_splits, check_given_splits, groups_per_split
+from .textdetect import DETECT_REASON, TextDetector
 
 log = logging.getLogger(__name__)
 JOB_FILE = "import_job.json"
@@ -190,6 +191,7 @@ def import_dataset(cfg: ImportConfig) -> ImportResult:
 
 def _import(cfg: ImportConfig) -> ImportResult:
     out = Path(cfg.out)
+    detector = TextDetector() if cfg.detect_text else None  # fails before anything is written
     pz = Pseudonymizer(load_salt(cfg.salt_file))
     source = make_source(cfg)
     scan = source.scan()
@@ -236,6 +238,11 @@ def _import(cfg: ImportConfig) -> ImportResult:
                 skips.skip(e.reason, items[i].where, e.detail)
                 skipped_refs.append((items[i].ref, e.reason))
                 continue
+            if detector is not None and detector.has_text(image):
+                skips.skip(DETECT_REASON, items[i].where, "text found in the pixels")
+                skipped_refs.append((items[i].ref, DETECT_REASON))
+                quarantined.append((items[i].where, DETECT_REASON))
+                continue
             image = set_channels(fit_size(image, size, cfg.resize), channels)
             caps = templates[names[items[i].label]]
             meta = {**meta, "source": f"import:{cfg.source}", "split": split,
@@ -258,7 +265,9 @@ def _import(cfg: ImportConfig) -> ImportResult:
         "deid": {"method": "HMAC-SHA256 pseudonyms (64 bit) of patient ids and file "
                            "references; DICOM attributes by allow-list", "salt_id": pz.salt_id},
         "skipped": dict(skipped),
-        "quarantined": dict(Counter(r for _, r in quarantined)),
+        "quarantined": {**dict(Counter(r for _, r in quarantined if r != DETECT_REASON)),
+                        **({DETECT_REASON: skipped[DETECT_REASON]}
+                           if skipped.get(DETECT_REASON) else {})},
         "burned_in_risk_accepted": dict(scan.accepted_risk),
         "patient_identity": {"known": sum(1 for p in patients if p),
                              "unknown": sum(1 for p in patients if not p),
@@ -272,9 +281,10 @@ def _import(cfg: ImportConfig) -> ImportResult:
                     "import ... --show-skipped` prints them)", sum(skipped.values()),
                     ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
     if quarantined:
-        log.warning("import: quarantined %d DICOM file(s) that may hold burned-in text and do not "
-                    "say otherwise (BurnedInAnnotation): %s. They are not imported; check their "
-                    "pixels and import them into a new --out with %s", len(quarantined),
+        log.warning("import: quarantined %d file(s) that may hold burned-in text (DICOM without "
+                    "BurnedInAnnotation=NO, or text found by --detect-text): %s. They are not "
+                    "imported; check their pixels (DICOM ones import into a new --out with %s)",
+                    len(quarantined),
                     ", ".join(f"{w} ({r})" for w, r in quarantined[:20])
                     + (" ..." if len(quarantined) > 20 else ""), ACCEPT_FLAG)
     if scan.accepted_risk:

@@ -39,8 +39,9 @@ def _import(a: argparse.Namespace) -> None:
     if res.quarantined:  # positions and reasons only: never a path or a name
         print(f"quarantined {len(res.quarantined)} (possible burned-in text, not imported): "
               + ", ".join(f"{w} {r}" for w, r in res.quarantined)
-              + "\n  check their pixels (--show-skipped prints their paths to stderr), then "
-                "import them into a new --out with --accept-burned-in-risk")
+              + "\n  check their pixels (--show-skipped prints their paths to stderr); DICOM "
+                "files without detected text import into a new --out with "
+                "--accept-burned-in-risk")
     if a.show_skipped:  # source paths may name patients: printed only on request, never logged
         for ref, reason in res.skipped_refs:
             print(f"skipped\t{reason}\t{ref}", file=sys.stderr)
