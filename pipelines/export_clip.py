@@ -23,6 +23,7 @@ from ..engine.clip.engine import TORCH_STATE, CheckpointDir, to_stock_state_dict
 from ..engine.clip.model import create_clip
 from ..engine.core.distributed import import_deepspeed
 from ..engine.core.safe_load import load_checkpoint, save_weights
+from ..engine.core.trust import verify_checkpoint
 from .train_clip import CKPT_DIR, CONFIG_NAME
 
 log = logging.getLogger(__name__)

@@ -16,19 +16,18 @@ import json
 import signal
 import tarfile
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-from PIL import Image
-from test_importers import write_dicom
-
 from medfake.engine.core.errors import DatasetError
 from medfake.engine.data.reader import SkipLog, iter_samples, iter_tar_samples
 from medfake.engine.importers import ImportConfig, import_dataset
 from medfake.engine.importers.sources import ReadSkip, make_source
+from PIL import Image
+from test_importers import write_dicom
 
 CASE_TIMEOUT_S = 5.0
 CASES = {"png": 220, "jpeg": 200, "webp": 160, "dicom": 220, "npz": 160, "csv": 180,
@@ -155,19 +154,19 @@ def test_fuzz_importers_and_shard_readers(tmp_path):
             f = work / "cls" / f"x.{name}"
             f.write_bytes(data)
             cfg = ImportConfig("imagefolder", str(work), str(tmp_path / "o"))
-            out.run(name, f"#{n} {kind}", lambda: _scan_and_read(cfg))
+            out.run(name, f"#{n} {kind}", lambda cfg=cfg: _scan_and_read(cfg))
             f.unlink()
     for n in range(CASES["dicom"]):
         kind, data = mutate(seeds["DICOM"], rng)
         (work / "cls" / "x.dcm").write_bytes(data)
         cfg = ImportConfig("dicom", str(work), str(tmp_path / "o"), window="file")
-        out.run("dicom", f"#{n} {kind}", lambda: _scan_and_read(cfg))
+        out.run("dicom", f"#{n} {kind}", lambda cfg=cfg: _scan_and_read(cfg))
     (work / "cls" / "x.dcm").unlink()
     for n in range(CASES["npz"]):
         kind, data = mutate(seeds["NPZ"], rng)
         (tmp_path / "m.npz").write_bytes(data)
         cfg = ImportConfig("medmnist", str(tmp_path / "m.npz"), str(tmp_path / "o"))
-        out.run("npz", f"#{n} {kind}", lambda: _scan_and_read(cfg))
+        out.run("npz", f"#{n} {kind}", lambda cfg=cfg: _scan_and_read(cfg))
 
     (work / "cls" / "a.png").write_bytes(seeds["PNG"])
     write_dicom(work / "cls" / "b.dcm", np.zeros((8, 8)))
@@ -176,7 +175,7 @@ def test_fuzz_importers_and_shard_readers(tmp_path):
         kind, data = mutate(good_csv.encode(), rng)
         (work / "m.csv").write_bytes(data)
         cfg = ImportConfig("csv", str(work / "m.csv"), str(tmp_path / "o"))
-        out.run("csv", f"#{n} {kind}", lambda: _scan_and_read(cfg))
+        out.run("csv", f"#{n} {kind}", lambda cfg=cfg: _scan_and_read(cfg))
 
     def read_tar(path: Path) -> str:
         skips = SkipLog("fuzz", first=0, every=1e9)
@@ -208,7 +207,7 @@ def test_fuzz_importers_and_shard_readers(tmp_path):
                     info = tarfile.TarInfo(k)
                     info.size = len(v)
                     t.addfile(info, io.BytesIO(v))
-        out.run("tar", f"#{n} {kind}", lambda: read_tar(shard))
+        out.run("tar", f"#{n} {kind}", lambda shard=shard: read_tar(shard))
 
     total = sum(out.counts.values()) + len(out.failures)
     summary = {f"{fmt}:{what}": n for (fmt, what), n in sorted(out.counts.items())}

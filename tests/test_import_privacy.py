@@ -8,13 +8,12 @@ import json
 
 import numpy as np
 import pytest
-from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
-from test_importers import _png, write_dicom
-
 from medfake.engine.core.errors import DatasetError
 from medfake.engine.data.reader import DatasetInfo, load_split, split_patients
 from medfake.engine.importers import ImportConfig, import_dataset
 from medfake.pipelines.data_check import check_dataset
+from pydicom.uid import SecondaryCaptureImageStorage
+from test_importers import _png, write_dicom
 
 SALT = "0123456789abcdef0123456789abcdef"
 
@@ -34,11 +33,12 @@ def _burned_in_tree(root):
                         patient_id=f"{cls}-{p}", patient_name=f"SMITH^{cls}{p}")
     px = np.zeros((16, 16))
     planted = {  # file name (sorted order decides the position) -> expected reason
-        "cyst/US_ZEBEDEE.dcm": dict(modality="US"),
-        "cyst/XC_ZEBEDEE.dcm": dict(modality="XC"),
-        "metastasis/OT_ZEBEDEE.dcm": dict(modality="OT"),
-        "metastasis/SC_ZEBEDEE.dcm": dict(modality="SC"),
-        "metastasis/SCREEN_ZEBEDEE.dcm": dict(modality="CT", sop_class=SecondaryCaptureImageStorage),
+        "cyst/US_ZEBEDEE.dcm": {"modality": "US"},
+        "cyst/XC_ZEBEDEE.dcm": {"modality": "XC"},
+        "metastasis/OT_ZEBEDEE.dcm": {"modality": "OT"},
+        "metastasis/SC_ZEBEDEE.dcm": {"modality": "SC"},
+        "metastasis/SCREEN_ZEBEDEE.dcm": {"modality": "CT",
+                                          "sop_class": SecondaryCaptureImageStorage},
     }
     for name, kw in planted.items():
         write_dicom(root / name, px, patient_id="ZEB-1", patient_name="ZEBEDEE^Q", **kw)
@@ -97,7 +97,7 @@ def test_no_patient_identity_is_refused_unless_grouped_or_placed(tmp_path):
             write_dicom(src / cls / f"study{s}" / f"{s}_{c}b.dcm", rng.normal(40, 9, (8, 8)),
                         patient_id="", patient_name="",
                         extra={"AccessionNumber": f"ACC{c}{s}"})
-    kw = dict(val_fraction=0.2, test_fraction=0.2)
+    kw = {"val_fraction": 0.2, "test_fraction": 0.2}
     with pytest.raises(DatasetError, match="40 of 40 images have no patient identity"):
         import_dataset(ImportConfig("dicom", str(src), str(tmp_path / "x"), **kw))
     for group_by in ("dicom:AccessionNumber", "folder"):
@@ -135,7 +135,7 @@ def test_csv_group_column_and_import_self_check(tmp_path, monkeypatch):
         _png(tmp_path / "img" / f"{i}.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
         rows.append(f"img/{i}.png,{'ab'[i % 2]},V{i // 2}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    kw = dict(val_fraction=0.2, test_fraction=0.2)
+    kw = {"val_fraction": 0.2, "test_fraction": 0.2}
     res = import_dataset(ImportConfig("csv", str(tmp_path / "m.csv"), str(tmp_path / "out"),
                                       group_by="column:visit", **kw))
     metas = [m for s in res.counts for m in load_split(res.out, s).metas]
@@ -168,7 +168,7 @@ def test_detect_text_quarantines_by_position_and_needs_the_package(tmp_path, mon
 
     for i in range(6):
         _text_png(tmp_path / "src" / "a" / f"P{i}_x.png", "DOE JOHN" if i == 2 else None)
-    cfg = dict(unknown_patients_to="train", detect_text=True)
+    cfg = {"unknown_patients_to": "train", "detect_text": True}
     monkeypatch.setattr(caps, "rapidocr", lambda: Probe("rapidocr", False, "", "not installed"))
     with pytest.raises(CapabilityError, match="--detect-text needs the offline text detector"):
         import_dataset(ImportConfig("imagefolder", str(tmp_path / "src"), str(tmp_path / "x"),

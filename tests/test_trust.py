@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from medfake.engine.clip.engine import CheckpointDir, DeepSpeedEngine
 from medfake.engine.clip.loop import resume_checkpoint
 from medfake.engine.core.errors import UntrustedCodeError

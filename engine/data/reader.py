@@ -120,11 +120,12 @@ def iter_tar_samples(path: str, channels: int | None = None) -> Iterator[Sample]
         try:
             cls, txt = int(g["cls"].decode()), g.get("txt", b"").decode()
             meta = json.loads(g["json"]) if "json" in g else {}
-            if not isinstance(meta, dict):
-                raise ValueError("json is not an object")
         except (ValueError, UnicodeDecodeError) as e:
             raise DatasetError(f"{path}: sample {key!r} has a corrupt cls, txt or json member "
                                f"({type(e).__name__}); rewrite the shard.") from None
+        if not isinstance(meta, dict):
+            raise DatasetError(f"{path}: sample {key!r} has a json member that is not an "
+                               f"object; rewrite the shard.")
         yield Sample(key=key, image=image, cls=cls, txt=txt, meta=meta)
 
 

@@ -22,7 +22,6 @@ affine warp, brightness/contrast/gamma); ``train_classifier(augment=True)`` uses
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch

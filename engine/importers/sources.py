@@ -364,7 +364,7 @@ class MedMnistSource:
                                        f"refusing") from None
                 raise DatasetError(f"{path}: {split} arrays are corrupt ({e}); download or "
                                    f"export the file again") from None
-            except Exception as e:  # zipfile / zlib / OS errors of a damaged archive
+            except Exception as e:  # noqa: BLE001 - zipfile / zlib / OS errors of a damaged archive
                 raise DatasetError(f"{path} is damaged ({type(e).__name__} reading {split}); "
                                    f"download or export the file again") from None
             if len(images) == 0 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):

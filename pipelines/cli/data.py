@@ -37,8 +37,10 @@ def _import(a: argparse.Namespace) -> None:
           + f"; split: {res.split_method}"
           + (f"; skipped {sum(res.skipped.values())}: {res.skipped}" if res.skipped else ""))
     if res.quarantined:  # positions and reasons only: never a path or a name
+        shown = ", ".join(f"{w} {r}" for w, r in res.quarantined[:50])
+        more = len(res.quarantined) - 50
         print(f"quarantined {len(res.quarantined)} (possible burned-in text, not imported): "
-              + ", ".join(f"{w} {r}" for w, r in res.quarantined)
+              + shown + (f", ... and {more} more" if more > 0 else "")
               + "\n  check their pixels (--show-skipped prints their paths to stderr); DICOM "
                 "files without detected text import into a new --out with "
                 "--accept-burned-in-risk")
