@@ -139,3 +139,17 @@ def test_cli_refuses_torchscript_encoder_in_one_line(tmp_path, small_world, caps
     assert e.value.code == 2 and "Traceback" not in err, err
     assert "TorchScript program" in err and "--trust-code" in err
     assert not (tmp_path / "q" / "quality.json").exists()
+
+
+def test_export_of_a_foreign_zero_checkpoint_never_unpickles(tmp_path, monkeypatch):
+    from medfake.pipelines.export_clip import checkpoint_state_dict
+
+    marker = tmp_path / "pwned"
+    ckpt = CheckpointDir(tmp_path / "checkpoints")
+    d = ckpt.path(ckpt.tag(2))
+    d.mkdir(parents=True)
+    torch.save({"optimizer_state_dict": _Evil(marker)},
+               d / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(UntrustedCodeError, match="no medfake signature"):
+        checkpoint_state_dict(ckpt, ckpt.tag(2))
+    assert not marker.exists()
