@@ -30,6 +30,8 @@ EXTRAS = {
     "gpu": [*_ONNX, "onnxruntime-gpu>=1.18", "tensorrt>=10"],
     "xformers": ["xformers"],  # install only with the exact torch its wheel was built for
     "dev": ["pytest", "pytest-benchmark"],
+    # offline text detection on imported pixels (--detect-text): PP-OCR models ship in the wheel
+    "ocr": ["rapidocr>=3.10"],
 }
 
 setup(

@@ -6,7 +6,9 @@ Checks, each reported as a problem kind with a count and a few examples:
   manifest, its tar members and ``dataset.json`` agree on keys, counts and per-class counts;
   every sample decodes with the dataset's mode and size and a valid ``cls``; no visible shard
   is missing from ``dataset.json`` (an interrupted job); no key appears twice.
-- leakage inside the real dataset: no patient id and no image (pixel sha256) in two splits.
+- leakage inside the real dataset: no patient id and no image (pixel sha256) in two splits;
+  in an imported dataset, samples without a patient id sit in the one split the import put
+  them in (``--unknown-patients-to``), unless the source's own splits placed them.
 - leakage through synthetic data: every sample derived from a real image (meta ``source_key``;
   required for inpaint / outpaint / img2img / classic augmentation) names a key of the real
   dataset's ``train`` split, never ``val`` or ``test``; no synthetic image is pixel-identical
@@ -76,6 +78,7 @@ class _Seen:
 
     key_split: dict[str, str] = field(default_factory=dict)
     patient_splits: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    no_patient: Counter = field(default_factory=Counter)  # split -> samples without patient_id
     hash_first: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     derived: list[tuple[str, str, dict[str, Any], str]] = field(default_factory=list)
 
@@ -132,6 +135,8 @@ def _check_shard(root: Path, info: DatasetInfo, split: str, rec: dict[str, Any],
         pid = smp.meta.get("patient_id")
         if pid:
             seen.patient_splits[str(pid)].add(split)
+        else:
+            seen.no_patient[split] += 1
         h = pixel_sha256(smp.image)
         seen.hash_first[h].setdefault(split, smp.key)
         if role == "synthetic":
@@ -144,6 +149,17 @@ def _check_shard(root: Path, info: DatasetInfo, split: str, rec: dict[str, Any],
         report.problem("count_mismatch", f"{root.name}/{rec['name']}: dataset.json count "
                                          f"{rec['count']}, manifest {len(mkeys or [])}, tar {n}")
     return len(keys)
+
+
+def _unknown_patients(root: Path, seen: _Seen, report: CheckReport) -> None:
+    identity = (DatasetInfo.load(root).provenance or {}).get("patient_identity")
+    if not identity or identity.get("unknown_split") == "source":
+        return
+    want = identity.get("unknown_split")
+    for split, n in sorted(seen.no_patient.items()):
+        if split != want:
+            report.problem("no_patient_identity", f"{root.name}: {n} {split} sample(s) without "
+                           f"patient_id; the import placed those only in {want or 'no split'}")
 
 
 def _cross_split(name: str, seen: _Seen, report: CheckReport) -> None:
@@ -183,6 +199,7 @@ def check_dataset(root: str | Path, synthetic: Sequence[str | Path] = ()) -> Che
     root = Path(root)
     real = _scan(root, "real", report)
     _cross_split(root.name, real, report)
+    _unknown_patients(root, real, report)
     for syn_dir in synthetic:
         syn = _scan(Path(syn_dir), "synthetic", report)
         _cross_split(Path(syn_dir).name, syn, report)

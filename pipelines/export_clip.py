@@ -23,6 +23,7 @@ from ..engine.clip.engine import TORCH_STATE, CheckpointDir, to_stock_state_dict
 from ..engine.clip.model import create_clip
 from ..engine.core.distributed import import_deepspeed
 from ..engine.core.safe_load import load_checkpoint, save_weights
+from ..engine.core.trust import verify_checkpoint
 from .train_clip import CKPT_DIR, CONFIG_NAME
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def checkpoint_state_dict(ckpt: CheckpointDir, tag: str) -> dict[str, torch.Tens
     if (d / TORCH_STATE).is_file():
         return load_checkpoint(d / TORCH_STATE)["model"]
     if any(d.glob("*optim_states.pt")):
+        verify_checkpoint(d)  # zero_to_fp32 unpickles the files: signed or --trust-code only
         # zero_to_fp32 reports progress with print(): keep stdout for the command's result
         import_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

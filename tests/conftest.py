@@ -17,6 +17,14 @@ def medfake_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _untrusted_by_default(monkeypatch):
+    """No test inherits trust from another: a CLI call with --trust-code sets
+    $MEDFAKE_TRUST_CODE in this process, and monkeypatch undoes it after each test."""
+    for name in ("MEDFAKE_TRUST_CODE", "MEDFAKE_TRUST_PICKLE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A small phantom world (public + hospital datasets) shared by the tests that read data."""

@@ -208,3 +208,60 @@ def test_pseudonyms_salt_and_allow_list(tmp_path, monkeypatch):
     ds.PixelSpacing, ds.InstitutionName = [0.7, 0.7], "Somewhere"
     assert dicom_safe_meta(ds) == {"modality": "CT", "pixel_spacing": [0.7, 0.7]}
     assert json.dumps(dicom_safe_meta(ds))  # plain JSON values
+
+
+def test_salt_from_files_never_reaches_an_output(tmp_path, monkeypatch, capsys, caplog):
+    """--salt-file, $MEDFAKE_DEID_SALT_FILE and the default per-user file: the salt is in no
+    output byte (files, tar members, stdout, stderr, logs); the environment variable warns."""
+    from medfake.pipelines.cli import main
+
+    monkeypatch.delenv("MEDFAKE_DEID_SALT", raising=False)
+    monkeypatch.setenv("MEDFAKE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    rows = ["path,label,patient_id"]
+    for i in range(12):
+        f = tmp_path / "src" / f"{i}.png"
+        f.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(f)
+        rows.append(f"src/{i}.png,{'ab'[i % 2]},{PATIENTS[i % 6][1]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    salt_file = tmp_path / "private" / "salt"
+    salt_file.parent.mkdir()
+    salt_file.write_text(SALT + "\n")
+    salt_file.chmod(0o600)
+    caplog.set_level("DEBUG")
+
+    def run(out: str, *extra: str) -> list[tuple[str, bytes]]:
+        caplog.clear()
+        main(["-v", "data", "import", "--from", "csv", str(tmp_path / "m.csv"), "--out",
+              str(tmp_path / out), "--val", "0", "--test", "0.2", *extra])
+        std = capsys.readouterr()
+        return _all_output_bytes(tmp_path / out) + [
+            ("stdout", std.out.encode()), ("stderr", std.err.encode()),
+            ("log", caplog.text.encode())]
+
+    salts = {SALT}
+    blobs = run("flag", "--salt-file", str(salt_file))
+    monkeypatch.setenv("MEDFAKE_DEID_SALT_FILE", str(salt_file))
+    blobs += run("envfile")
+    monkeypatch.delenv("MEDFAKE_DEID_SALT_FILE")
+    blobs += run("default")
+    default = tmp_path / "cache" / "secrets" / "deid_salt"
+    assert default.stat().st_mode & 0o777 == 0o600
+    salts.add(default.read_text().strip())
+    monkeypatch.setenv("MEDFAKE_DEID_SALT", SALT + "-env")
+    env_blobs = run("env")
+    salts.add(SALT + "-env")
+    assert "MEDFAKE_DEID_SALT" in caplog.text and "--salt-file" in caplog.text  # the warning
+    blobs += env_blobs
+    assert sum(len(b) for _, b in blobs) > 20_000  # the scan covered real content
+    # the same salt from the flag and from $MEDFAKE_DEID_SALT_FILE: the same pseudonyms
+    ids = {d: json.loads((tmp_path / d / "dataset.json").read_text())["provenance"]["deid"]
+           ["salt_id"] for d in ("flag", "envfile", "default", "env")}
+    assert ids["flag"] == ids["envfile"] != ids["default"] != ids["env"]
+    _assert_clean(blobs, salts | {s[:16] for s in salts} | {s[-16:] for s in salts})
+
+    salt_file.chmod(0o644)
+    caplog.clear()
+    load_salt(salt_file)
+    assert "readable by other users" in caplog.text and SALT not in caplog.text

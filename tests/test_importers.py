@@ -6,6 +6,7 @@ DICOM files from scratch with pydicom (``write_dicom``, also used by test_deid.p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -30,19 +31,27 @@ def _salt(monkeypatch):
 def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CT", patient_id: str = "PID-1",
                 patient_name: str = "DOE^JOHN", series_uid: str | None = None, z: float = 0.0,
                 instance: int = 1, intercept: float = -1024.0, mono1: bool = False,
-                burned_in: bool = False, window: tuple[float, float] | None = None,
-                extra: dict | None = None) -> Path:
+                burned_in: bool | str = False, window: tuple[float, float] | None = None,
+                extra: dict | None = None, sop_class: str | None = None) -> Path:
     """A DICOM Part 10 file built from scratch. ``pixels`` are modality values (HU for CT):
-    stored as uint16 = pixels - intercept. (N, H, W) pixels make a multi-frame file."""
+    stored as uint16 = pixels - intercept. (N, H, W) pixels make a multi-frame file.
+    ``burned_in``: True writes BurnedInAnnotation YES, a string writes that value, False none.
+    ``sop_class`` defaults to the modality's image storage class (Secondary Capture for
+    modalities without one here)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
+        CTImageStorage,
         ExplicitVRLittleEndian,
+        MRImageStorage,
         SecondaryCaptureImageStorage,
+        UltrasoundImageStorage,
         generate_uid,
     )
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPClassUID = sop_class or {
+        "CT": CTImageStorage, "MR": MRImageStorage, "US": UltrasoundImageStorage,
+    }.get(modality, SecondaryCaptureImageStorage)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -65,7 +74,7 @@ def write_dicom(path: Path, pixels: np.ndarray, *, modality: str = "CT", patient
     if window:
         ds.WindowCenter, ds.WindowWidth = window
     if burned_in:
-        ds.BurnedInAnnotation = "YES"
+        ds.BurnedInAnnotation = "YES" if burned_in is True else burned_in
     for k, v in (extra or {}).items():
         setattr(ds, k, v)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +100,12 @@ def test_imagefolder_seeded_split_sizes_and_templates(tmp_path):
     src = _imagefolder(tmp_path / "src")
     (src / "cyst" / "notes.txt").write_text("not an image")
     (src / "cyst" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DatasetError, match="30 of 30 images have no patient identity .*"
+                                           "--group-by.*--unknown-patients-to"):
+        import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "x"), size=32))
     res = import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "out"), size=32,
-                                      samples_per_shard=8, val_fraction=0.2, test_fraction=0.2))
+                                      samples_per_shard=8, val_fraction=0.2, test_fraction=0.2,
+                                      patient_regex=r"^(P\d+)_"))
     info = DatasetInfo.load(res.out)
     assert info.class_names == ["cyst", "hemangioma", "liver_metastasis"]
     assert info.image_size == 32 and info.channels == 1 and info.verify() == []
@@ -105,10 +118,11 @@ def test_imagefolder_seeded_split_sizes_and_templates(tmp_path):
         assert arr.images.shape[1:] == (32, 32) and arr.images.dtype == np.uint8
         assert all(c in info.prompt_templates[info.class_names[y]] for c, y in
                    zip(arr.captions, arr.labels))
-        assert all(m["split"] == split and "patient_id" not in m for m in arr.metas)
+        assert all(m["split"] == split and m["patient_id"].startswith("pt-") for m in arr.metas)
     # Seeded: the same import elsewhere gives byte-identical shards.
     again = import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "out2"), size=32,
-                                        samples_per_shard=8, val_fraction=0.2, test_fraction=0.2))
+                                        samples_per_shard=8, val_fraction=0.2, test_fraction=0.2,
+                                        patient_regex=r"^(P\d+)_"))
     assert [s["sha256"] for s in DatasetInfo.load(again.out).splits["train"]["shards"]] == \
            [s["sha256"] for s in info.splits["train"]["shards"]]
 
@@ -137,7 +151,7 @@ def test_rgb_and_16bit_sources_and_pad(tmp_path):
     with pytest.raises(ValueError, match="not all one square size.*--size"):
         import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "x")))
     res = import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "out"), size=16,
-                                      resize="pad", val_fraction=0.1, test_fraction=0.1))
+                                      resize="pad", unknown_patients_to="train"))
     arr = load_split(res.out, "train")
     assert DatasetInfo.load(res.out).channels == 3 and arr.images.shape[1:] == (16, 16, 3)
     gray = arr.images[arr.labels == 1]
@@ -150,7 +164,8 @@ def test_import_resumes_and_refuses_other_jobs(tmp_path, monkeypatch):
     import medfake.engine.importers.job as job_mod
 
     src = _imagefolder(tmp_path / "src")
-    cfg = ImportConfig("imagefolder", str(src), str(tmp_path / "out"), size=32, samples_per_shard=4)
+    cfg = ImportConfig("imagefolder", str(src), str(tmp_path / "out"), size=32, samples_per_shard=4,
+                       unknown_patients_to="train")
     real_write, calls = job_mod.write_shard, []
 
     def dying_write(*a, **k):
@@ -167,13 +182,13 @@ def test_import_resumes_and_refuses_other_jobs(tmp_path, monkeypatch):
     res = import_dataset(cfg)
     assert len(calls) == 3 + 5 and len(set(calls)) == len(calls), "finished shards are kept"
     fresh = import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "fresh"), size=32,
-                                        samples_per_shard=4))
+                                        samples_per_shard=4, unknown_patients_to="train"))
     shas = lambda d: {r["name"]: r["sha256"] for s in DatasetInfo.load(d).splits.values()  # noqa: E731
                       for r in s["shards"]}
     assert shas(res.out) == shas(fresh.out)
     with pytest.raises(DatasetError, match="other data or with other settings"):
         import_dataset(ImportConfig("imagefolder", str(src), str(tmp_path / "out"), size=24,
-                                    samples_per_shard=4))
+                                    samples_per_shard=4, unknown_patients_to="train"))
 
 
 def _npz(path: Path, rgb: bool = False, n=(30, 6, 9), k: int = 2, multilabel: bool = False) -> Path:
@@ -299,13 +314,16 @@ def test_cli_import_and_config_errors(tmp_path, capsys):
 
     src = _imagefolder(tmp_path / "src", n=6, size=(32, 32))
     env = {"MEDFAKE_DEID_SALT": SALT, "MEDFAKE_CACHE": str(tmp_path / "cache"),
-           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+           **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
     r = subprocess.run([sys.executable, "-m", "medfake.pipelines.cli", "data", "import", "--from",
                         "imagefolder", str(src), "--out", str(tmp_path / "o"), "--template",
-                        "a CT image of a {cls} lesion", "--val", "0.2", "--test", "0.2"],
+                        "a CT image of a {cls} lesion", "--val", "0.2", "--test", "0.2",
+                        "--unknown-patients-to", "train"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "train 10" in r.stdout and "grouped by image group" in r.stdout
+    assert "train 18" in r.stdout and "18 image(s) without patient identity all in train" \
+        in r.stdout
     info = json.loads((tmp_path / "o" / "dataset.json").read_text())
     assert info["prompt_templates"]["cyst"] == ["a CT image of a cyst lesion"]
     for args, msg in [(["--val", "0.7"], "val_fraction (--val) is 0.7; allowed: a fraction "

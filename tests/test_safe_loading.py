@@ -55,7 +55,7 @@ def model_dirs(tmp_path_factory):
 def test_pickled_model_dir_needs_trust(model_dirs, monkeypatch):
     safe, pickled = model_dirs
     monkeypatch.delenv("MEDFAKE_TRUST_PICKLE", raising=False)
-    with pytest.raises(UnsafeWeightsError, match="only pickled weights.*--trust-pickle"):
+    with pytest.raises(UnsafeWeightsError, match="only pickled weights.*--trust-code"):
         load_components(pickled)
     trusted = load_components(pickled, trust_pickle=True)
     ref = load_components(safe)
@@ -78,7 +78,7 @@ def test_safetensors_win_and_a_malicious_bin_never_runs(model_dirs, tmp_path, mo
     for suffix in (".bin", ".pt", ".ckpt"):
         evil = tmp_path / f"evil{suffix}"
         torch.save({"w": _Evil(marker)}, evil)
-        with pytest.raises(UnsafeWeightsError, match="--trust-pickle"):
+        with pytest.raises(UnsafeWeightsError, match="--trust-code"):
             load_weights_file(evil)
         with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported"):
             load_weights_file(evil, trust_pickle=True)  # weights_only=True refuses the object
@@ -106,20 +106,29 @@ def test_clip_load_weights(tmp_path, monkeypatch):
     load_weights(create_clip("medfake-micro")[0], tmp_path / "old_run_model.pt")
 
 
-def test_cli_trust_pickle_flag(monkeypatch):
+def test_cli_trust_code_flag_and_deprecated_alias(monkeypatch, caplog):
     from medfake.pipelines.cli import build_parser
-    from medfake.pipelines.cli.options import trust_pickle
+    from medfake.pipelines.cli.options import trust_code
 
-    monkeypatch.delenv("MEDFAKE_TRUST_PICKLE", raising=False)
     a = build_parser().parse_args(["synth", "--model", "m", "--real", "r", "--out", "o"])
-    trust_pickle(a)
-    assert "MEDFAKE_TRUST_PICKLE" not in os.environ
-    for argv in (["synth", "--model", "m", "--real", "r", "--out", "o", "--trust-pickle"],
+    trust_code(a)
+    assert "MEDFAKE_TRUST_CODE" not in os.environ
+    for argv in (["synth", "--model", "m", "--real", "r", "--out", "o", "--trust-code"],
                  ["train", "clip", "--stage", "finetune", "--real", "r", "--init", "x.pt",
-                  "--trust-pickle"]):
-        monkeypatch.delenv("MEDFAKE_TRUST_PICKLE", raising=False)
-        trust_pickle(build_parser().parse_args(argv))
-        assert os.environ["MEDFAKE_TRUST_PICKLE"] == "1"
+                  "--trust-pickle"],
+                 ["eval", "quality", "--real", "r", "--synthetic", "s", "--out", "o",
+                  "--trust-code"],
+                 ["export", "clip", "ck", "--out", "o", "--trust-code"],
+                 ["model", "convert", "x.ckpt", "--config", "c", "--out", "o", "--trust-pickle"]):
+        monkeypatch.delenv("MEDFAKE_TRUST_CODE", raising=False)
+        caplog.clear()
+        trust_code(build_parser().parse_args(argv))
+        assert os.environ["MEDFAKE_TRUST_CODE"] == "1"
+        assert ("deprecated" in caplog.text) == ("--trust-pickle" in argv)
+    monkeypatch.delenv("MEDFAKE_TRUST_CODE")
+    monkeypatch.setenv("MEDFAKE_TRUST_PICKLE", "1")  # the old variable is still honoured
+    from medfake.engine.core.trust import code_trusted
+    assert code_trusted() and not code_trusted(False)
 
 
 def _unsafe_member(kind: str) -> tarfile.TarInfo:

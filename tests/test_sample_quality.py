@@ -108,7 +108,8 @@ def test_bad_encoder_specs():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
-def test_torchscript_encoder(tmp_path):
+def test_torchscript_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFAKE_TRUST_CODE", "1")  # --trust-code: TorchScript runs code
     mod = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2),
                                                torch.nn.Flatten()))
     mod.save(str(tmp_path / "enc.pt"))

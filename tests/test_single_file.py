@@ -92,7 +92,7 @@ def test_bad_checkpoints_get_one_clear_error(micro, tmp_path):
         convert_single_file(cut, model, tmp_path / "b")
     pickled = tmp_path / "model.ckpt"
     torch.save({"state_dict": to_ldm_state_dict(load_components(model))}, pickled)
-    with pytest.raises(UnsafeWeightsError, match="--trust-pickle"):
+    with pytest.raises(UnsafeWeightsError, match="--trust-code"):
         convert_single_file(pickled, model, tmp_path / "c")
     _same_weights(load_components(model),
                   load_components(convert_single_file(pickled, model, tmp_path / "c",

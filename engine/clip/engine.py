@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..core.distributed import barrier, import_deepspeed, rank
+from ..core.trust import sign_checkpoint, verify_checkpoint
 from ..training.accel import Precision
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,11 @@ class CheckpointDir:
         return self.root / tag
 
     def commit(self, tag: str, keep: int) -> None:
-        """Point ``latest`` at ``tag`` (rank 0, after all ranks wrote) and drop old tags."""
+        """Sign ``tag`` (``engine.core.trust.sign_checkpoint``) and point ``latest`` at it
+        (rank 0, after all ranks wrote), then drop old tags."""
         barrier()
         if rank() == 0:
+            sign_checkpoint(self.path(tag))
             tmp = self.root / ".latest.tmp"
             tmp.write_text(tag)
             os.replace(tmp, self.root / "latest")
@@ -389,9 +392,12 @@ class DeepSpeedEngine(TrainEngine):
         self.engine.save_checkpoint(str(ckpt.root), tag=tag, save_latest=False)
 
     def load(self, ckpt: CheckpointDir, tag: str) -> None:
+        """DeepSpeed's loader unpickles the files (code can run): only a checkpoint this user
+        signed (``CheckpointDir.commit``) or one trusted with ``--trust-code`` is read."""
         if (ckpt.path(tag) / TORCH_STATE).is_file():
             raise ValueError(f"{ckpt.path(tag)} was written by the single-process trainer; "
                              f"resume it without a launcher and without --deepspeed")
+        verify_checkpoint(ckpt.path(tag))
         path, _ = self.engine.load_checkpoint(str(ckpt.root), tag=tag)
         if path is None:
             raise ValueError(f"DeepSpeed could not load {ckpt.path(tag)} (written with another "

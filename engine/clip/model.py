@@ -26,6 +26,8 @@ import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2
 import torch
 
+from ..core.trust import LEGACY_TRUST_ENV as TRUST_PICKLE_ENV  # noqa: F401  (deprecated name)
+
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parents[1] / "presets" / "clip"
@@ -64,7 +66,6 @@ def create_clip(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = N
     return model, preprocess_train, preprocess_eval, tokenizer
 
 
-TRUST_PICKLE_ENV = "MEDFAKE_TRUST_PICKLE"
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike,
@@ -73,13 +74,11 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike,
 
     ``.safetensors`` loads without executing code. A pickled file (``.pt``/``.pth``/``.bin``,
     e.g. a ``model.pt`` from medfake's older runs) raises ``UnsafeWeightsError`` unless
-    ``trust_pickle`` (None: true iff ``$MEDFAKE_TRUST_PICKLE`` is ``1``, which the CLI's
-    ``--trust-pickle`` sets), and is then read with ``torch.load(weights_only=True)``.
+    ``trust_pickle`` (None: the process-wide trust rule, ``engine.core.trust``, which the CLI's
+    ``--trust-code`` sets), and is then read with ``torch.load(weights_only=True)``.
     """
     from ..core.safe_load import load_weights_file
 
-    if trust_pickle is None:
-        trust_pickle = os.environ.get(TRUST_PICKLE_ENV) == "1"
     sd = load_weights_file(path, trust_pickle=trust_pickle)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True)

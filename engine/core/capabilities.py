@@ -106,6 +106,28 @@ def deepspeed() -> Probe:
     return Probe("deepspeed", True, version, f"comm backend {backend}; JIT ops: {detail}")
 
 
+@functools.cache
+def rapidocr() -> Probe:
+    """The optional offline text detector (``rapidocr``, its PP-OCR ONNX models in the wheel,
+    run on the installed ONNX Runtime)."""
+    import importlib.util
+    version = _version("rapidocr")
+    if not version or importlib.util.find_spec("rapidocr") is None:
+        return Probe("rapidocr", False, "", "not installed: pip install 'medfake[ocr]' (rapidocr; "
+                     "needs ONNX Runtime, medfake[cpu] or medfake[gpu])")
+    if not onnxruntime().available:
+        return Probe("rapidocr", False, version, f"installed, but ONNX Runtime is "
+                     f"{onnxruntime().detail}")
+    return Probe("rapidocr", True, version, "PP-OCR text detector (bundled ONNX models)")
+
+
+def require_rapidocr(what: str) -> None:
+    r = rapidocr()
+    if not r.available:
+        raise CapabilityError(f"{what} needs the offline text detector rapidocr, which is "
+                              f"{r.detail}.")
+
+
 def require_cuda(what: str) -> None:
     c = cuda()
     if not c.available:

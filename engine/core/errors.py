@@ -14,3 +14,8 @@ class DiskFullError(DatasetError, OSError):
     """The disk (or quota) filled up while writing; everything written before is intact.
 
     Both a ``DatasetError`` (the CLI prints it as one line) and an ``OSError``."""
+
+
+class UntrustedCodeError(ValueError):
+    """An input that can run code when loaded (pickle, TorchScript, a foreign DeepSpeed
+    checkpoint) was given without ``--trust-code``; the message names the safe alternative."""

@@ -3,10 +3,11 @@
 Contract:
 - ``save_weights(state_dict, path)`` writes a ``.safetensors`` file atomically (tmp + fsync +
   rename); tensors are made contiguous and shared storage is cloned, so any state dict saves.
-- ``load_weights_file(path, trust_pickle=False)`` returns a ``{name: tensor}`` dict. A
+- ``load_weights_file(path, trust_pickle=None)`` returns a ``{name: tensor}`` dict. A
   ``.safetensors`` file loads without executing code. A pickled file (``.bin``, ``.ckpt``, ``.pt``,
-  ``.pth``) raises ``UnsafeWeightsError`` unless ``trust_pickle`` is true, and is then loaded with
-  ``torch.load(weights_only=True)``, which refuses arbitrary objects.
+  ``.pth``) raises ``UnsafeWeightsError`` unless code is trusted (``engine.core.trust``: the
+  argument, else ``--trust-code``), and is then loaded with ``torch.load(weights_only=True)``,
+  which refuses arbitrary objects.
 - ``load_checkpoint(path)`` is for medfake's own resume checkpoints (optimizer state, RNG
   states): ``torch.load(weights_only=True)``; these are written by medfake, never downloaded.
 """
@@ -19,11 +20,14 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import UntrustedCodeError
+from .trust import TRUST_FLAG, code_trusted
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 
-class UnsafeWeightsError(ValueError):
-    """A pickled weights file was given without ``--trust-pickle``."""
+class UnsafeWeightsError(UntrustedCodeError):
+    """A pickled weights file was given without ``--trust-code``."""
 
 
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
@@ -39,18 +43,20 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
     return path
 
 
-def load_weights_file(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Load a weights file as a state dict, refusing pickles unless ``trust_pickle``."""
+def load_weights_file(path: str | os.PathLike,
+                      trust_pickle: bool | None = None) -> dict[str, torch.Tensor]:
+    """Load a weights file as a state dict, refusing pickles unless trusted (None: the
+    process-wide ``--trust-code``, see ``engine.core.trust``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     if path.suffix in PICKLE_SUFFIXES or not _is_safetensors(path):
-        if not trust_pickle:
+        if not code_trusted(trust_pickle):
             raise UnsafeWeightsError(
                 f"{path} is a pickled weights file, which can run arbitrary code when loaded. "
-                f"Convert it to .safetensors, or pass --trust-pickle if you trust its source "
+                f"Convert it to .safetensors, or pass {TRUST_FLAG} if you trust its source "
                 f"(it is then loaded with torch.load(weights_only=True)).")
         sd: Any = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and "state_dict" in sd:

@@ -41,6 +41,7 @@ _EXPORTS = {
     "kshot_subset": "kshot",
     "list_shards": "writer",
     "load_split": "reader",
+    "split_patients": "reader",
     "make_phantom_world": "phantoms",
     "render_lesion": "phantoms",
     "shard_name": "format",

@@ -117,9 +117,39 @@ def iter_tar_samples(path: str, channels: int | None = None) -> Iterator[Sample]
         image = decode_png(g[img_ext], f"{path}:{key}")
         if img_ext == "webp" and channels == 1 and image.ndim == 3:
             image = image[..., 0]
-        yield Sample(key=key, image=image,
-                     cls=int(g["cls"].decode()), txt=g.get("txt", b"").decode(),
-                     meta=json.loads(g["json"]) if "json" in g else {})
+        try:
+            cls, txt = int(g["cls"].decode()), g.get("txt", b"").decode()
+            meta = json.loads(g["json"]) if "json" in g else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{path}: sample {key!r} has a corrupt cls, txt or json member "
+                               f"({type(e).__name__}); rewrite the shard.") from None
+        if not isinstance(meta, dict):
+            raise DatasetError(f"{path}: sample {key!r} has a json member that is not an "
+                               f"object; rewrite the shard.")
+        yield Sample(key=key, image=image, cls=cls, txt=txt, meta=meta)
+
+
+def split_patients(root: str | os.PathLike) -> dict[str, set[str]]:
+    """``{patient_id: {split, ...}}`` over the listed shards of ``root``, from the samples'
+    ``json`` members only (no image is decoded); a sample without ``patient_id`` is not
+    counted. ``DatasetError`` for an unreadable shard."""
+    info = DatasetInfo.load(root)
+    out: dict[str, set[str]] = {}
+    for split in info.splits:
+        for path in info.shard_paths(split):
+            try:
+                with tarfile.open(path, "r") as tar:
+                    for m in tar:
+                        if not (m.isfile() and m.name.endswith(".json")):
+                            continue
+                        meta = json.loads(tar.extractfile(m).read())
+                        pid = meta.get("patient_id") if isinstance(meta, dict) else None
+                        if pid:
+                            out.setdefault(str(pid), set()).add(split)
+            except (tarfile.TarError, OSError, ValueError) as e:
+                raise DatasetError(f"{path} is not a readable tar shard ({type(e).__name__}); "
+                                   f"delete it and re-run the job that wrote it.") from e
+    return out
 
 
 def load_split(root: str | os.PathLike, split: str, *, skip_bad: bool = False,
@@ -272,6 +302,8 @@ class SampleValidator:
             txt = bytes(record.get("txt", b"")).decode()
         except (ValueError, UnicodeDecodeError):
             return self._skip("bad_json", where)
+        if not isinstance(meta, dict):
+            return self._skip("bad_json", where, "not a JSON object")
         self.skips.ok()
         return Sample(key=key, image=image, cls=cls, txt=txt, meta=meta)
 

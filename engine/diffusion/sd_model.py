@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from ..core.trust import LEGACY_TRUST_ENV as TRUST_PICKLE_ENV  # noqa: F401  (deprecated name)
+from ..core.trust import code_trusted
+
 PRESET_DIR = Path(__file__).parents[1] / "presets" / "diffusion"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HASH_CACHE = ".medfake_hash.json"
@@ -187,7 +190,6 @@ def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = No
     return final
 
 
-TRUST_PICKLE_ENV = "MEDFAKE_TRUST_PICKLE"
 
 
 def _weights_choice(folder: Path, trust_pickle: bool) -> tuple[str | None, bool]:
@@ -210,7 +212,7 @@ def _weights_choice(folder: Path, trust_pickle: bool) -> tuple[str | None, bool]
             f"{folder} holds only pickled weights ({', '.join(sorted(files))}), which can run "
             f"arbitrary code when loaded. Convert the model to safetensors (load it once in a "
             f"sandbox and `save_pretrained(dir, safe_serialization=True)`), or pass "
-            f"--trust-pickle if you trust its source (then read with torch.load(weights_only=True)).")
+            f"--trust-code if you trust its source (then read with torch.load(weights_only=True)).")
     chosen = safe or files
     plain = [f for f in chosen if f.count(".") == 1]
     return (None if plain else chosen[0].split(".")[-2]), bool(safe)
@@ -246,8 +248,8 @@ def load_components(model_dir: str | os.PathLike, device: str = "cpu",
     """Load the parts of any local diffusers SD 1.x/2.x dir offline; ModelDirError if malformed.
 
     Weights load from safetensors; a component with only pickled ``.bin`` weights raises
-    ``UnsafeWeightsError`` unless ``trust_pickle`` (None: true iff ``$MEDFAKE_TRUST_PICKLE`` is
-    ``1``, which the CLI's ``--trust-pickle`` sets). The text encoder is returned in eval mode;
+    ``UnsafeWeightsError`` unless ``trust_pickle`` (None: the process-wide trust rule,
+    ``engine.core.trust.code_trusted``, which the CLI's ``--trust-code`` sets). The text encoder is returned in eval mode;
     the scheduler is the class named in its config.
     """
     import diffusers
@@ -255,8 +257,7 @@ def load_components(model_dir: str | os.PathLike, device: str = "cpu",
     from transformers import CLIPTextModel, CLIPTokenizer
 
     d = check_model_dir(model_dir)
-    if trust_pickle is None:
-        trust_pickle = os.environ.get(TRUST_PICKLE_ENV) == "1"
+    trust_pickle = code_trusted(trust_pickle)
     kw = dict(local_files_only=True, torch_dtype=dtype)
     variant, safe = _weights_choice(d / "unet", trust_pickle)
     unet = UNet2DConditionModel.from_pretrained(d, subfolder="unet", variant=variant,

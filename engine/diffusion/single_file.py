@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.safe_load import PICKLE_SUFFIXES, UnsafeWeightsError
+from ..core.trust import code_trusted
 from .sd_model import check_model_dir, write_clip_tokenizer_files
 
 SAFE_SUFFIXES = (".safetensors",)
@@ -38,7 +39,7 @@ class SingleFileError(ValueError):
     """A single-file checkpoint cannot be converted; the message says why and what to do."""
 
 
-def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
     """The tensors of a single-file checkpoint; SingleFileError / UnsafeWeightsError if not."""
     p = Path(path)
     if not p.is_file():
@@ -53,10 +54,10 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
             raise SingleFileError(f"{p} is not a readable safetensors file ({e}); it may be "
                                   f"truncated: download it again and compare its checksum") from e
     elif suffix in PICKLE_SUFFIXES:
-        if not trust_pickle:
+        if not code_trusted(trust_pickle):
             raise UnsafeWeightsError(
                 f"{p} is a pickle, which can run arbitrary code when loaded. Use the model's "
-                f".safetensors release, or pass --trust-pickle if you trust its source (then it "
+                f".safetensors release, or pass --trust-code if you trust its source (then it "
                 f"is read with torch.load(weights_only=True)).")
         from ..core.safe_load import load_weights_file
         try:   # torch.load(weights_only=True): refuses arbitrary objects even when trusted
@@ -158,7 +159,7 @@ def config_dir_from_yaml(yaml_path: str | os.PathLike, sd: dict[str, Any],
 
 
 def convert_single_file(checkpoint: str | os.PathLike, config: str | os.PathLike,
-                        out_dir: str | os.PathLike, trust_pickle: bool = False) -> Path:
+                        out_dir: str | os.PathLike, trust_pickle: bool | None = None) -> Path:
     """Convert ``checkpoint`` into a diffusers SD dir at ``out_dir`` (safetensors weights).
 
     ``config``: a diffusers model dir of the same architecture, or the original LDM YAML.

@@ -11,7 +11,7 @@ Architectures (``CLASSIFIER_ARCHS``, built by ``create_classifier``):
   global-pool, so any input from 32x32 to 256x256 works.
 
 All three accept a LOCAL weights file (``weights=``; never a download): read through
-``engine.safe_load`` (safetensors, pickles refused unless ``$MEDFAKE_TRUST_PICKLE=1``), the
+``engine.safe_load`` (safetensors, pickles refused unless ``--trust-code``), the
 classification head is dropped and left freshly initialised for ``n_classes``, an RGB stem is
 averaged to the requested input channels (timm ``adapt_input_conv``), and every other tensor
 must match the architecture exactly -- otherwise one ``ValueError`` names the file and the arch.
@@ -22,7 +22,6 @@ affine warp, brightness/contrast/gamma); ``train_classifier(augment=True)`` uses
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -90,7 +89,7 @@ def _load_backbone(model: nn.Module, arch: str, path: str, head: str, stem: str)
     from timm.models import adapt_input_conv
 
     from ..core.safe_load import load_weights_file
-    sd = load_weights_file(path, trust_pickle=os.environ.get("MEDFAKE_TRUST_PICKLE") == "1")
+    sd = load_weights_file(path)  # pickles only under --trust-code (engine.core.trust)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     body = {k: v for k, v in sd.items() if not k.startswith(head)}
     own = model.state_dict()

@@ -11,6 +11,8 @@ should apply):
   metric ``cosine``.
 * ``torchscript:PATH``: a user-provided TorchScript module taking float (N, 3, H, W) in [0, 1]
   (grayscale replicated) and returning (N, ...) features (flattened), metric ``euclidean``.
+  A TorchScript file is a program: it is refused (``UntrustedCodeError``, before the file is
+  opened) unless code is trusted (``--trust-code``, see ``engine.core.trust``).
 
 Metrics (two feature sets ``real`` (N, D) and ``synthetic`` (M, D)):
 
@@ -39,6 +41,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
+from ..core.trust import require_trust
 from .features import PIXEL_SIZE, clip_features, pixel_features, resolve_clip
 from ..data.format import SplitArrays
 
@@ -90,10 +93,13 @@ class TorchScriptEncoder:
 
     metric = "euclidean"
 
-    def __init__(self, path: str | Path, batch: int = 256):
+    def __init__(self, path: str | Path, batch: int = 256, trust_code: bool | None = None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TorchScript encoder {path} does not exist")
+        require_trust(path, "a TorchScript program (torch.jit.load deserialises it and the "
+                      "evaluation runs it)", "Use --encoder pixel or clip:PATH (safetensors)",
+                      explicit=trust_code)
         try:
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
         except RuntimeError as e:

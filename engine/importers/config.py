@@ -40,6 +40,19 @@ class ImportConfig(JobConfig):
     ``{cls}`` placeholder, ``modality`` the word used in default captions. ``window`` and
     ``slices`` are for DICOM (see ``engine/importers/dicom.py``). ``patient_regex`` extracts a
     patient id from image file names (first group, or the group named ``patient``).
+
+    Patient identity (no patient in two splits, ever): a file's patient is its CSV patient
+    column, its DICOM PatientID (else PatientName), or its ``patient_regex`` match; failing
+    those, the user's ``group_by`` key (``folder``: the file's parent folder is one patient;
+    ``dicom:KEYWORD``: a DICOM attribute such as ``dicom:AccessionNumber``; ``column:NAME``: a
+    CSV column). Files with none of these are refused when medfake splits the data, unless
+    ``unknown_patients_to`` places them all in one split. Splits given by the source itself
+    (MedMNIST's official splits, a CSV split column) are kept and checked per known patient.
+
+    Burned-in text: DICOM files quarantined by ``dicom.burned_in_risk`` are left out and listed
+    by position in the import summary unless ``accept_burned_in_risk``; with ``detect_text``,
+    any image (DICOM or not) in which ``textdetect.TextDetector`` finds text is quarantined too
+    (never cleared by the flag).
     """
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
@@ -67,9 +80,23 @@ class ImportConfig(JobConfig):
                          choices=SLICE_MODES)
     patient_regex: str | None = option(
         None, "regex whose first group is the patient id in file names")
+    group_by: str | None = option(
+        None, "patient key for files without a patient id: folder (parent folder = one "
+        "patient), dicom:KEYWORD (e.g. dicom:AccessionNumber) or column:NAME (a CSV column)")
+    unknown_patients_to: str | None = option(
+        None, "put every file without a patient id into this one split (e.g. train)",
+        choices=SPLITS)
+    accept_burned_in_risk: bool = option(
+        False, "also import the DICOM files quarantined for possible burned-in text (US, SC, "
+        "XC, OT, secondary capture; no BurnedInAnnotation=NO): I have checked their pixels and "
+        "take responsibility that they identify no one")
+    detect_text: bool = option(
+        False, "also run the offline text detector (pip install 'medfake[ocr]') on every "
+        "image; images where it finds text are quarantined (slow: ~1 s per image on a CPU)")
     salt_file: str | None = option(
-        None, "secret salt for pseudonyms (default: $MEDFAKE_DEID_SALT or a per-user secret in "
-        "the medfake cache)")
+        None, "file holding the secret salt for pseudonyms (default: $MEDFAKE_DEID_SALT_FILE, "
+        "else a per-user mode-600 secret in the medfake cache; $MEDFAKE_DEID_SALT is accepted "
+        "but warned against)")
     samples_per_shard: int = option(1000, "images per output shard")
 
     def __post_init__(self) -> None:
@@ -106,6 +133,10 @@ class ImportConfig(JobConfig):
             if rx.groups < 1:
                 raise _bad("patient_regex", self.patient_regex,
                            "a regex with a group capturing the patient id, e.g. '^(P\\d+)_'")
+        if self.group_by is not None:
+            _check_group_by(self.group_by, self.source)
+        if self.unknown_patients_to is not None and self.unknown_patients_to not in SPLITS:
+            raise _bad("unknown_patients_to", self.unknown_patients_to, ", ".join(SPLITS))
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
             raise _bad("class_names", self.class_names, "distinct names")
 
@@ -115,6 +146,27 @@ class ImportConfig(JobConfig):
         for k in ("src", "out", "salt_file", "patient_regex"):
             d.pop(k)
         return d
+
+
+def _check_group_by(spec: str, source: str) -> None:
+    kind, _, arg = spec.partition(":")
+    allowed = "folder, dicom:KEYWORD (e.g. dicom:AccessionNumber) or column:NAME"
+    if source == "medmnist":
+        raise _bad("group_by", spec, "nothing for --from medmnist (its splits are official)")
+    if kind == "folder" and not arg:
+        return
+    if kind == "column" and arg.strip():
+        if source != "csv":
+            raise _bad("group_by", spec, f"{allowed}; column:NAME only with --from csv")
+        return
+    if kind == "dicom" and arg:
+        from pydicom.datadict import tag_for_keyword
+        if tag_for_keyword(arg) is None:
+            raise _bad("group_by", spec, f"{allowed}; {arg!r} is not a DICOM keyword")
+        if source not in ("dicom", "csv"):
+            raise _bad("group_by", spec, f"{allowed}; dicom:KEYWORD only for DICOM files")
+        return
+    raise _bad("group_by", spec, allowed)
 
 
 def slug(name: str) -> str:

@@ -8,14 +8,20 @@ Contract (what the importers rely on and ``tests/test_deid.py`` checks byte by b
   HMAC-SHA256 of the value under a secret salt, truncated to 16 hex digits (64 bits). Without
   the salt, trying every plausible patient id does not reverse it; with the same salt the same
   patient always gets the same pseudonym, so later imports stay consistent.
-- The salt is never written into an output. It comes from, in order: an explicit salt file,
-  ``$MEDFAKE_DEID_SALT``, or a per-user secret ``$MEDFAKE_CACHE/secrets/deid_salt`` created
-  with mode 0600 on first use. Outputs record only ``salt_id``, a one-way fingerprint that tells
+- The salt is never written into an output (files, logs, messages). It comes from a file, in
+  order: ``--salt-file``, ``$MEDFAKE_DEID_SALT_FILE`` (a path, not a secret), else the
+  per-user secret ``$MEDFAKE_CACHE/secrets/deid_salt`` (``~/.cache/medfake`` by default),
+  created with mode 0600 on first use. ``$MEDFAKE_DEID_SALT`` (the salt itself) is still
+  accepted before the default file but warned against: the environment of a process is
+  readable through ``/proc/<pid>/environ`` and ends up in job scripts and shell histories. Outputs record only ``salt_id``, a one-way fingerprint that tells
   whether two datasets were pseudonymised with the same salt.
 - DICOM metadata reaches sample json only through ``DICOM_META_ALLOWED`` (technical,
   non-identifying attributes). Names, ids, dates, times, UIDs, institution, device serials,
-  free text and private tags are never copied. Images flagged ``BurnedInAnnotation == YES``
-  (text burnt into the pixels) are skipped by the importer, since pixels cannot be scrubbed.
+  free text and private tags are never copied.
+- Pixels are not scrubbed: images flagged ``BurnedInAnnotation == YES`` (text burnt into the
+  pixels) are skipped, and DICOM files at risk of unflagged burned-in text are quarantined
+  (``dicom.burned_in_risk``) unless the user accepts the risk. Text burnt into non-DICOM
+  images (PNG/JPEG screenshots) cannot be detected from metadata; that stays the user's duty.
 """
 from __future__ import annotations
 
@@ -24,7 +30,6 @@ import hashlib
 import hmac
 import logging
 import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +37,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core.paths import cache_dir
+from ..core.paths import secret_file
 
 log = logging.getLogger(__name__)
 
-SALT_ENV = "MEDFAKE_DEID_SALT"
+SALT_ENV = "MEDFAKE_DEID_SALT"            # the salt itself: accepted, warned against
+SALT_FILE_ENV = "MEDFAKE_DEID_SALT_FILE"  # a path to the salt file
 MIN_SALT_BYTES = 16
 
 # Loggers of the parsers that read source files; at DEBUG they print parsed values (PIL logs
@@ -55,30 +61,30 @@ DICOM_META_ALLOWED = {
 
 def load_salt(salt_file: str | os.PathLike | None = None) -> bytes:
     """The de-identification salt (see the module contract for where it comes from)."""
+    if salt_file is None and os.environ.get(SALT_FILE_ENV):
+        salt_file = os.environ[SALT_FILE_ENV]
     if salt_file is not None:
         path = Path(salt_file)
         if not path.is_file():
             raise FileNotFoundError(f"salt file {path} does not exist. Create one with "
-                                    f"`python -c \"import secrets; print(secrets.token_hex(32))\" "
-                                    f"> {path}` and keep it secret (not beside the data).")
-        salt = path.read_bytes().strip()
-        where = f"salt file {path}"
+                                    f"`(umask 077; python -c \"import secrets; "
+                                    f"print(secrets.token_hex(32))\" > {path})` and keep it "
+                                    f"secret (not beside the data).")
+        salt, where = path.read_bytes().strip(), f"salt file {path}"
+        if path.stat().st_mode & 0o077:
+            log.warning("salt file %s is readable by other users (mode %o); `chmod 600 %s`",
+                        path, path.stat().st_mode & 0o777, path)
     elif os.environ.get(SALT_ENV):
+        log.warning("the de-identification salt comes from $%s, which other processes of this "
+                    "user can read (/proc/<pid>/environ) and job scripts and shell histories "
+                    "record; put it in a mode-600 file and pass --salt-file (or $%s) instead",
+                    SALT_ENV, SALT_FILE_ENV)
         salt, where = os.environ[SALT_ENV].encode(), f"${SALT_ENV}"
     else:
-        secret_dir = cache_dir("secrets")
-        secret_dir.chmod(0o700)
-        path = secret_dir / "deid_salt"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-            log.info("created a new de-identification salt at %s (keep it; pseudonyms of later "
-                     "imports match only with the same salt)", path)
+        path = secret_file("deid_salt")
         salt, where = path.read_bytes().strip(), f"salt file {path}"
+        log.info("de-identification salt: %s (keep it; pseudonyms of later imports match only "
+                 "with the same salt)", path)
     if len(salt) < MIN_SALT_BYTES:
         raise ValueError(f"the de-identification salt from {where} is {len(salt)} bytes; it must "
                          f"be at least {MIN_SALT_BYTES} random bytes (e.g. secrets.token_hex(32)).")

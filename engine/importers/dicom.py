@@ -14,6 +14,13 @@ Windows follow the linear VOI function of DICOM PS3.3 C.11.2.1.2.1. MONOCHROME1 
 inverted so that higher values are always brighter. Colour images (RGB, YBR: ultrasound,
 photographs) are converted to RGB by pydicom and kept as 8-bit RGB.
 
+Burned-in text (``burned_in_risk``): pixels cannot be scrubbed, so a file flagged
+``BurnedInAnnotation == YES`` is never imported, and a file without that flag (absent or empty)
+is quarantined when its modality commonly carries text burnt into the pixels (``US``, ``SC``,
+``XC``, ``OT``: ultrasound annotations, screen captures, photographs, anything else) or its SOP
+class is a Secondary Capture (screenshots and scanned documents of any modality). Only an
+explicit ``BurnedInAnnotation == NO`` from the source clears such a file.
+
 Nothing identifying leaves this module except inside ``DicomHeader`` (``patient_ref``,
 ``series_ref``, ``instance_ref``), which the importer only ever pseudonymises. pydicom's
 warnings, which can quote element values, are silenced while reading.
@@ -42,6 +49,10 @@ MODALITY_WORDS = {"CT": "CT", "MR": "MRI", "CR": "X-ray", "DX": "X-ray", "MG": "
                   "US": "ultrasound", "PT": "PET", "NM": "nuclear medicine", "XA": "angiography",
                   "RF": "fluoroscopy", "OP": "fundus photography", "OCT": "OCT",
                   "SM": "microscopy", "XC": "photograph"}
+
+
+BURNED_IN_MODALITIES = ("US", "SC", "XC", "OT")
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC Image Storage and its multi-frame kin
 
 
 class DicomReadError(Exception):
@@ -101,8 +112,23 @@ class DicomHeader:
     cols: int
     frames: int
     color: bool
-    burned_in: bool
+    burned_in: bool             # BurnedInAnnotation == YES
     order: tuple[float, float]  # (slice position along z, InstanceNumber) for sorting
+    burned_in_tag: str = ""     # the BurnedInAnnotation value, upper case ("" when absent)
+    sop_class: str = ""         # SOPClassUID (or the file meta's MediaStorageSOPClassUID)
+    attrs: dict[str, str] | None = None  # the values of requested keywords (identifying)
+
+
+def burned_in_risk(h: DicomHeader) -> str | None:
+    """Why ``h``'s pixels may hold burned-in text although the file does not say so, or None
+    (see the module docstring); never identifying."""
+    if h.burned_in or h.burned_in_tag == "NO":
+        return None
+    if h.modality in BURNED_IN_MODALITIES:
+        return f"burned_in_risk_{h.modality.lower()}"
+    if h.sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "burned_in_risk_secondary_capture"
+    return None
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -115,18 +141,19 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_header(path: str | os.PathLike) -> DicomHeader:
-    """Parse a file's header (no pixel data); ``DicomReadError`` if it is not a usable image."""
+def read_header(path: str | os.PathLike, keywords: tuple[str, ...] = ()) -> DicomHeader:
+    """Parse a file's header (no pixel data); ``DicomReadError`` if it is not a usable image.
+    ``keywords``: attributes whose string values are returned in ``attrs`` (identifying)."""
     try:
         with _quiet_pydicom():
-            return _header(path)
+            return _header(path, keywords)
     except DicomReadError:
         raise
     except Exception as e:  # pydicom raises many types for non-DICOM or corrupt files
         raise DicomReadError("not_dicom", type(e).__name__) from None
 
 
-def _header(path: str | os.PathLike) -> DicomHeader:
+def _header(path: str | os.PathLike, keywords: tuple[str, ...] = ()) -> DicomHeader:
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -139,6 +166,9 @@ def _header(path: str | os.PathLike) -> DicomHeader:
     except (TypeError, ValueError):
         z, inst = 0.0, 0.0
     patient = str(ds.get("PatientID") or "").strip() or str(ds.get("PatientName") or "").strip()
+    burned = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    sop = str(ds.get("SOPClassUID") or "").strip() or str(
+        getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
     return DicomHeader(
         patient_ref=patient or None,
         series_ref=str(ds.get("SeriesInstanceUID") or "") or None,
@@ -146,8 +176,8 @@ def _header(path: str | os.PathLike) -> DicomHeader:
         modality=str(ds.get("Modality") or "OT").upper(),
         rows=int(ds.Rows), cols=int(ds.Columns), frames=int(ds.get("NumberOfFrames") or 1),
         color=int(ds.get("SamplesPerPixel") or 1) == 3,
-        burned_in=str(ds.get("BurnedInAnnotation") or "").upper() == "YES",
-        order=(z, inst))
+        burned_in=burned == "YES", order=(z, inst), burned_in_tag=burned, sop_class=sop,
+        attrs={k: str(ds.get(k) or "").strip() for k in keywords})
 
 
 def read_frame(path: str | os.PathLike, frame: int, window: str | tuple[float, float]
@@ -164,12 +194,20 @@ def read_frame(path: str | os.PathLike, frame: int, window: str | tuple[float, f
     except DicomReadError:
         raise
     except Exception as e:  # pydicom and numpy raise many types for corrupt pixel data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is not None and syntax.is_compressed:
+        if _is_compressed(ds):
             raise DicomReadError("unsupported_compression",
                                  f"{type(e).__name__}; install pylibjpeg, pylibjpeg-libjpeg or "
                                  f"python-gdcm to decode compressed DICOM") from None
         raise DicomReadError("unreadable_pixels", type(e).__name__) from None
+
+
+def _is_compressed(ds: Any) -> bool:
+    """Whether ``ds`` declares a compressed transfer syntax (False for a corrupt or unknown
+    UID, which pydicom reports by raising)."""
+    try:
+        return bool(ds.file_meta.TransferSyntaxUID.is_compressed)
+    except Exception:  # noqa: BLE001 - missing meta, or "UID is not a transfer syntax"
+        return False
 
 
 def _frame(ds: Any, frame: int, window: str | tuple[float, float]

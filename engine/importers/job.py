@@ -11,6 +11,7 @@ provenance) and warned about at a limited rate; their source paths are returned 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,27 +26,31 @@ from tqdm import tqdm
 from ..core.atomic import atomic_write_json, sha256_file
 from ..core.errors import DatasetError
 from ..data.format import Sample, shard_name
-from ..data.reader import SkipLog
+from ..data.reader import SkipLog, split_patients
 from ..data.writer import finalize_dataset, list_shards, write_shard
 from .config import ImportConfig, class_phrase, prompt_templates, slug
 from .deid import Pseudonymizer, load_salt, pixel_sha256, quiet_source_parsers
 from .imaging import fit_size, set_channels
 from .sources import Item, ReadSkip, Scan, make_source
 from .splits import assign_splits, check_given_splits, groups_per_split
+from .textdetect import DETECT_REASON, TextDetector
 
 log = logging.getLogger(__name__)
 JOB_FILE = "import_job.json"
+ACCEPT_FLAG = "--accept-burned-in-risk"
 
 
 @dataclass
 class ImportResult:
-    """What an import wrote. ``skipped_refs`` holds source paths: show them only on request."""
+    """What an import wrote. ``skipped_refs`` holds source paths (of skipped and quarantined
+    files): show them only on request. ``quarantined`` lists files by position, never path."""
 
     out: Path
     counts: dict[str, int]
     skipped: dict[str, int]
     skipped_refs: list[tuple[str, str]]
     split_method: str
+    quarantined: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (where, why)
 
 
 def _stable_int(*parts: object) -> int:
@@ -82,23 +87,57 @@ def _keys(items: list[Item], scan: Scan, source: Any, pz: Pseudonymizer) -> list
     return keys
 
 
+def _no_identity_error(items: list[Item], unknown: list[int]) -> DatasetError:
+    eg = ", ".join(items[i].where for i in unknown[:3])
+    return DatasetError(
+        f"{len(unknown)} of {len(items)} images have no patient identity (e.g. {eg}), so medfake "
+        f"cannot keep one patient's images out of two splits. Give each a patient (a CSV patient "
+        f"column, DICOM PatientID, --patient-regex for file names), or group them with --group-by "
+        f"folder|dicom:KEYWORD|column:NAME, or put them all in one split with "
+        f"--unknown-patients-to train|val|test.")
+
+
 def _assign_splits(items: list[Item], patients: list[str | None], groups: list[str],
                    cfg: ImportConfig) -> tuple[list[str], str]:
-    """A split per item (the source's own, checked, or a seeded grouped split) and how."""
-    what = "patient" if any(patients) else "image group"
+    """A split per item and how it was chosen: the source's own splits (checked per patient),
+    else a seeded patient-grouped split; items without patient identity are refused unless
+    ``unknown_patients_to`` puts them all into one split (see ``ImportConfig``)."""
+    unknown = [i for i, p in enumerate(patients) if not p]
     if all(it.split for it in items):
         splits = [str(it.split) for it in items]
-        check_given_splits(splits, groups, [it.where for it in items], what)
+        check_given_splits(splits, groups, [it.where for it in items], "patient")
         method = "the source's own splits"
+        if unknown:
+            method += f" ({len(unknown)} image(s) without patient identity placed by the source)"
     else:
-        splits = assign_splits([it.label for it in items], groups, cfg.val_fraction,
-                               cfg.test_fraction, cfg.seed, what)
-        method = f"seeded stratified split, grouped by {what}"
-        if what == "patient" and not all(patients):
-            method += " (content hash or DICOM series where no patient id)"
+        if unknown and cfg.unknown_patients_to is None:
+            raise _no_identity_error(items, unknown)
+        splits = [str(cfg.unknown_patients_to)] * len(items)
+        known = [i for i, p in enumerate(patients) if p]
+        parts = []
+        if known:
+            sub = assign_splits([items[i].label for i in known], [groups[i] for i in known],
+                                cfg.val_fraction, cfg.test_fraction, cfg.seed, "patient")
+            for i, s in zip(known, sub):
+                splits[i] = s
+            parts.append("seeded stratified split, grouped by patient")
+        if unknown:
+            parts.append(f"{len(unknown)} image(s) without patient identity all in "
+                         f"{cfg.unknown_patients_to} (--unknown-patients-to)")
+        method = "; ".join(parts)
     for it, s in zip(items, splits):
         it.split = s
     return splits, method
+
+
+def _verify_written_splits(out: Path) -> None:
+    """The import's own ``data check`` rule on what it wrote: no patient in two splits."""
+    leaks = {p: s for p, s in split_patients(out).items() if len(s) > 1}
+    if leaks:
+        pid, splits = next(iter(leaks.items()))
+        raise DatasetError(f"{out}: {len(leaks)} patient(s) ended up in two splits (e.g. {pid} in "
+                           f"{sorted(splits)}); this is a bug, do not use the dataset. Delete "
+                           f"{out} and report it.")
 
 
 def _cut_shards(splits: list[str], cfg: ImportConfig) -> list[tuple[str, int, list[int]]]:
@@ -152,14 +191,18 @@ def import_dataset(cfg: ImportConfig) -> ImportResult:
 
 def _import(cfg: ImportConfig) -> ImportResult:
     out = Path(cfg.out)
+    detector = TextDetector() if cfg.detect_text else None  # fails before anything is written
     pz = Pseudonymizer(load_salt(cfg.salt_file))
     source = make_source(cfg)
     scan = source.scan()
-    skipped_refs = list(scan.skipped)
+    skipped_refs = list(scan.skipped) + [(ref, reason) for ref, _, reason in scan.quarantined]
     scan_skips = Counter(reason.split(" ")[0] for _, reason in scan.skipped)
+    quarantined = [(where, reason) for _, where, reason in scan.quarantined]
     if not scan.items:
+        q = f"; quarantined for possible burned-in text: {len(quarantined)} ({ACCEPT_FLAG} " \
+            f"imports them)" if quarantined else ""
         raise DatasetError(f"the {cfg.source} source holds no importable images "
-                           f"(skipped: {dict(scan_skips) or 'none found'})")
+                           f"(skipped: {dict(scan_skips) or 'none found'}{q})")
     size = _decide_size(cfg.size, scan.shapes)
     channels = cfg.channels or (3 if scan.color else 1)
     names = [slug(n) for n in scan.class_names]
@@ -171,8 +214,7 @@ def _import(cfg: ImportConfig) -> ImportResult:
 
     items = scan.items
     patients = [pz.patient(it.patient) if it.patient else None for it in items]
-    groups = [p or "g-" + pz.pseudonym("group", it.group or it.ref)
-              for p, it in zip(patients, items)]
+    groups = [p or "g-" + pz.pseudonym("item", it.ref) for p, it in zip(patients, items)]
     splits, method = _assign_splits(items, patients, groups, cfg)
     keys = _keys(items, scan, source, pz)
     shards = _cut_shards(splits, cfg)
@@ -196,6 +238,11 @@ def _import(cfg: ImportConfig) -> ImportResult:
                 skips.skip(e.reason, items[i].where, e.detail)
                 skipped_refs.append((items[i].ref, e.reason))
                 continue
+            if detector is not None and detector.has_text(image):
+                skips.skip(DETECT_REASON, items[i].where, "text found in the pixels")
+                skipped_refs.append((items[i].ref, DETECT_REASON))
+                quarantined.append((items[i].where, DETECT_REASON))
+                continue
             image = set_channels(fit_size(image, size, cfg.resize), channels)
             caps = templates[names[items[i].label]]
             meta = {**meta, "source": f"import:{cfg.source}", "split": split,
@@ -217,12 +264,31 @@ def _import(cfg: ImportConfig) -> ImportResult:
         "groups_per_split": groups_per_split(splits, groups),
         "deid": {"method": "HMAC-SHA256 pseudonyms (64 bit) of patient ids and file "
                            "references; DICOM attributes by allow-list", "salt_id": pz.salt_id},
-        "skipped": dict(skipped)}
+        "skipped": dict(skipped),
+        "quarantined": {**dict(Counter(r for _, r in quarantined if r != DETECT_REASON)),
+                        **({DETECT_REASON: skipped[DETECT_REASON]}
+                           if skipped.get(DETECT_REASON) else {})},
+        "burned_in_risk_accepted": dict(scan.accepted_risk),
+        "patient_identity": {"known": sum(1 for p in patients if p),
+                             "unknown": sum(1 for p in patients if not p),
+                             "unknown_split": ("source" if method.startswith("the source")
+                                               else cfg.unknown_patients_to)}}
     info = finalize_dataset(out, names, templates, provenance, size, channels)
+    _verify_written_splits(out)
     counts = {s: v["count"] for s, v in info["splits"].items()}
     if skipped:
         log.warning("import: skipped %d source item(s): %s (paths are not logged; `medfake data "
                     "import ... --show-skipped` prints them)", sum(skipped.values()),
                     ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
+    if quarantined:
+        log.warning("import: quarantined %d file(s) that may hold burned-in text (DICOM without "
+                    "BurnedInAnnotation=NO, or text found by --detect-text): %s. They are not "
+                    "imported; check their pixels (DICOM ones import into a new --out with %s)",
+                    len(quarantined),
+                    ", ".join(f"{w} ({r})" for w, r in quarantined[:20])
+                    + (" ..." if len(quarantined) > 20 else ""), ACCEPT_FLAG)
+    if scan.accepted_risk:
+        log.warning("import: %d file(s) at risk of burned-in text imported under %s (the user "
+                    "takes responsibility)", sum(scan.accepted_risk.values()), ACCEPT_FLAG)
     log.info("import: wrote %s", ", ".join(f"{s} {c}" for s, c in counts.items()))
-    return ImportResult(out, counts, dict(skipped), skipped_refs, method)
+    return ImportResult(out, counts, dict(skipped), skipped_refs, method, quarantined)

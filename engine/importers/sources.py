@@ -1,13 +1,15 @@
 """Import sources: scan (pass 1, headers only) into ``Item``s, then read one item's pixels.
 
-An item's ``ref`` (a path or array position), ``patient`` and ``group`` may be identifying
-(file names, patient ids, DICOM UIDs): the writer only ever stores their pseudonyms, and
-messages refer to items by ``where`` ("row 17", "file 12"), never by path.
+An item's ``ref`` (a path or array position) and ``patient`` may be identifying (file names,
+patient ids, DICOM UIDs): the writer only ever stores their pseudonyms, and messages refer to
+items by ``where`` ("row 17", "file 12"), never by path. ``patient`` is the source's patient id
+or, failing that, the user's ``--group-by`` key (see ``ImportConfig``); None when neither
+exists. DICOM files at risk of burned-in text (``dicom.burned_in_risk``) are quarantined in
+``Scan.quarantined`` unless the user accepts the risk.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import re
 from collections import Counter
@@ -50,8 +52,7 @@ class Item:
     label: int
     kind: str                      # "image" | "dicom" | "array"
     where: str                     # non-identifying position for messages
-    patient: str | None = None     # raw (identifying) patient id
-    group: str | None = None       # raw grouping reference when there is no patient
+    patient: str | None = None     # raw (identifying) patient id or user group key
     split: str | None = None       # the source's own split, if any
     frame: int = 0
 
@@ -64,6 +65,8 @@ class Scan:
     color: bool = False
     modality: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (ref, reason)
+    quarantined: list[tuple[str, str, str]] = field(default_factory=list)  # (ref, where, reason)
+    accepted_risk: Counter = field(default_factory=Counter)  # reason -> imported anyway
     readable_keys: bool = False     # keys may show the ref (public datasets only)
 
 
@@ -103,14 +106,6 @@ def _palette_is_gray(im: Image.Image) -> bool:
     return bool(len(pal)) and bool((pal == pal[:, :1]).all())
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _patient_from(regex: re.Pattern | None, text: str) -> str | None:
     if regex is None:
         return None
@@ -127,11 +122,27 @@ class FileSource:
         self.cfg = cfg
         self.window = dicom_io.parse_window(cfg.window)
         self.regex = re.compile(cfg.patient_regex) if cfg.patient_regex else None
+        kind, _, arg = (cfg.group_by or "").partition(":")
+        self.group_kind, self.group_arg = kind or None, arg
+        self.dicom_keywords = (arg,) if kind == "dicom" else ()
         self.scan_result: Scan | None = None
         self._modalities: list[str] = []
 
+    def _group_key(self, path: Path, h: dicom_io.DicomHeader | None = None,
+                   row: dict[str, Any] | None = None) -> str | None:
+        """The user's ``--group-by`` value for one file (identifying), or None."""
+        if self.group_kind == "folder":
+            return f"folder\x1f{path.parent.resolve()}"
+        value = ""
+        if self.group_kind == "dicom" and h is not None and h.attrs:
+            value = h.attrs.get(self.group_arg, "")
+        elif self.group_kind == "column" and row is not None:
+            value = str(row.get(self.group_arg) or "").strip()
+        return f"{self.cfg.group_by}\x1f{value}" if value else None
+
     def _add_image(self, scan: Scan, path: Path, label: int, where: str, name_for_regex: str,
-                   patient: str | None = None, split: str | None = None) -> None:
+                   patient: str | None = None, split: str | None = None,
+                   row: dict[str, Any] | None = None) -> None:
         try:
             shape, gray = _image_header(path)
         except Exception as e:  # PIL raises many types for unreadable files
@@ -139,14 +150,13 @@ class FileSource:
             return
         scan.shapes[shape] += 1
         scan.color |= not gray
-        patient = patient or _patient_from(self.regex, name_for_regex)
-        scan.items.append(Item(str(path), label, "image", where, patient=patient,
-                               group=None if patient else "content:" + _file_digest(path),
-                               split=split))
+        patient = (patient or _patient_from(self.regex, name_for_regex)
+                   or self._group_key(path, row=row))
+        scan.items.append(Item(str(path), label, "image", where, patient=patient, split=split))
 
     def _add_dicom_series(self, scan: Scan, files: list[tuple[Path, dicom_io.DicomHeader]],
                           label: int, where: str, patient: str | None = None,
-                          split: str | None = None) -> None:
+                          split: str | None = None, row: dict[str, Any] | None = None) -> None:
         """Items for one series (or one file): every frame/slice, or the middle one."""
         files = sorted(files, key=lambda ph: ph[1].order)
         frames = [(p, h, f) for p, h in files for f in range(h.frames)]
@@ -156,20 +166,26 @@ class FileSource:
             scan.shapes[(h.rows, h.cols)] += 1
             scan.color |= h.color
             self._modalities.append(h.modality)
-            pat = patient or h.patient_ref
-            scan.items.append(Item(str(p), label, "dicom", where, patient=pat,
-                                   group=None if pat else "series:" + (h.series_ref or str(p)),
-                                   split=split, frame=f))
+            pat = patient or h.patient_ref or self._group_key(p, h, row)
+            scan.items.append(Item(str(p), label, "dicom", where, patient=pat, split=split,
+                                   frame=f))
 
-    def _dicom_header(self, scan: Scan, path: Path) -> dicom_io.DicomHeader | None:
+    def _dicom_header(self, scan: Scan, path: Path, where: str) -> dicom_io.DicomHeader | None:
+        """The header, or None for a skipped (unreadable, burned-in) or quarantined file."""
         try:
-            h = dicom_io.read_header(path)
+            h = dicom_io.read_header(path, self.dicom_keywords)
         except dicom_io.DicomReadError as e:
             scan.skipped.append((str(path), e.reason))
             return None
         if h.burned_in:
             scan.skipped.append((str(path), "burned_in_annotation"))
             return None
+        risk = dicom_io.burned_in_risk(h)
+        if risk and not self.cfg.accept_burned_in_risk:
+            scan.quarantined.append((str(path), where, risk))
+            return None
+        if risk:
+            scan.accepted_risk[risk] += 1
         return h
 
     def read(self, item: Item) -> tuple[np.ndarray, dict[str, Any]]:
@@ -218,7 +234,7 @@ class DicomSource(FileSource):
             series: dict[str, list[tuple[Path, dicom_io.DicomHeader]]] = {}
             for p in tqdm(_visible_files(d), desc=f"scan {label + 1}/{len(dirs)}", leave=False):
                 n += 1
-                h = self._dicom_header(scan, p)
+                h = self._dicom_header(scan, p, f"file {n}")
                 if h is not None:
                     series.setdefault(h.series_ref or f"file:{p}", []).append((p, h))
             for files in series.values():
@@ -236,16 +252,23 @@ class CsvSource(FileSource):
         path = Path(self.cfg.src)
         if not path.is_file():
             raise FileNotFoundError(f"CSV manifest {path} does not exist")
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            col = {k: next((h for h in header if h.strip().lower() in names), None)
-                   for k, names in _CSV_COLUMNS.items()}
-            for req in ("path", "label"):
-                if col[req] is None:
-                    raise ValueError(f"{path}: no {req} column; its columns are {header}, "
-                                     f"expected one of {list(_CSV_COLUMNS[req])}")
-            rows = list(reader)
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                header = reader.fieldnames or []
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DatasetError(f"{path} is not a readable UTF-8 CSV file ({type(e).__name__}: "
+                               f"{str(e)[:80]}); save it as CSV UTF-8") from None
+        col = {k: next((h for h in header if h.strip().lower() in names), None)
+               for k, names in _CSV_COLUMNS.items()}
+        for req in ("path", "label"):
+            if col[req] is None:
+                raise DatasetError(f"{path}: no {req} column; its columns are {header}, "
+                                   f"expected one of {list(_CSV_COLUMNS[req])}")
+        if self.group_kind == "column" and self.group_arg not in header:
+            raise DatasetError(f"{path}: --group-by {self.cfg.group_by} names no column; its "
+                               f"columns are {header}")
         if not rows:
             raise DatasetError(f"{path} lists no images")
         labels = [str(r[col["label"]]).strip() for r in rows]
@@ -255,8 +278,8 @@ class CsvSource(FileSource):
                   for i, r in enumerate(rows)]
         if any(splits) and not all(splits):
             first = next(i for i, s in enumerate(splits) if not s) + 2
-            raise ValueError(f"{path}: the split column is empty on row {first} but set on others; "
-                             f"fill it for every row (train, val, test) or remove the column")
+            raise DatasetError(f"{path}: the split column is empty on row {first} but set on others; "
+                               f"fill it for every row (train, val, test) or remove the column")
         for i, r in enumerate(tqdm(rows, desc="scan csv", leave=False)):
             where = f"row {i + 2}"
             p = Path(str(r[col["path"]]).strip())
@@ -267,11 +290,11 @@ class CsvSource(FileSource):
                 continue
             label = index[labels[i]]
             if p.suffix.lower() == ".dcm" or dicom_io.is_dicom_file(p):
-                h = self._dicom_header(scan, p)
+                h = self._dicom_header(scan, p, where)
                 if h is not None:
-                    self._add_dicom_series(scan, [(p, h)], label, where, patient, splits[i])
+                    self._add_dicom_series(scan, [(p, h)], label, where, patient, splits[i], r)
             else:
-                self._add_image(scan, p, label, where, p.name, patient, splits[i])
+                self._add_image(scan, p, label, where, p.name, patient, splits[i], r)
         scan.modality = self.modality_word()
         return scan
 
@@ -280,14 +303,14 @@ class CsvSource(FileSource):
         if all(re.fullmatch(r"\d+", v) for v in labels):
             k = max(int(v) for v in labels) + 1
             if given and len(given) < k:
-                raise ValueError(f"labels go up to {k - 1} but --class-names names {len(given)} "
-                                 f"classes; give one name per label index")
+                raise DatasetError(f"labels go up to {k - 1} but --class-names names {len(given)} "
+                                   f"classes; give one name per label index")
             names = list(given) if given else [f"class {i}" for i in range(k)]
             return names, {v: int(v) for v in set(labels)}
         names = list(given) if given else sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
         if unknown:
-            raise ValueError(f"labels {unknown[:5]} are not in --class-names {names}")
+            raise DatasetError(f"labels {unknown[:5]} are not in --class-names {names}")
         return names, {n: i for i, n in enumerate(names)}
 
     @staticmethod
@@ -297,8 +320,8 @@ class CsvSource(FileSource):
             return None
         if v not in _SPLIT_ALIASES:
             also = ", ".join(sorted(set(_SPLIT_ALIASES) - set(SPLITS)))
-            raise ValueError(f"row {row}: split {value!r} is not one of {', '.join(SPLITS)} "
-                             f"(also accepted: {also})")
+            raise DatasetError(f"row {row}: split {value!r} is not one of {', '.join(SPLITS)} "
+                               f"(also accepted: {also})")
         return _SPLIT_ALIASES[v]
 
 
@@ -335,9 +358,19 @@ class MedMnistSource:
         for split in present:
             try:
                 images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-            except ValueError as e:  # object arrays would need pickle: refused
-                raise DatasetError(f"{path}: {split} arrays need pickle to load ({e}); "
-                                   f"refusing") from None
+            except ValueError as e:
+                if "pickle" in str(e):  # object arrays would need pickle: refused
+                    raise DatasetError(f"{path}: {split} arrays need pickle to load ({e}); "
+                                       f"refusing") from None
+                raise DatasetError(f"{path}: {split} arrays are corrupt ({e}); download or "
+                                   f"export the file again") from None
+            except Exception as e:  # noqa: BLE001 - zipfile / zlib / OS errors of a damaged archive
+                raise DatasetError(f"{path} is damaged ({type(e).__name__} reading {split}); "
+                                   f"download or export the file again") from None
+            if len(images) == 0 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+                raise DatasetError(f"{path}: {split} holds no images or non-integer labels "
+                                   f"(shape {images.shape}, labels {labels.dtype}); expected "
+                                   f"the MedMNIST layout")
             if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
                 raise DatasetError(f"{path}: {split}_images has shape {images.shape}; expected "
                                    f"(N, H, W) or (N, H, W, 3) 2D images (3D MedMNIST is not "

@@ -36,6 +36,14 @@ def _import(a: argparse.Namespace) -> None:
     print(f"{res.out}: " + ", ".join(f"{s} {n}" for s, n in res.counts.items())
           + f"; split: {res.split_method}"
           + (f"; skipped {sum(res.skipped.values())}: {res.skipped}" if res.skipped else ""))
+    if res.quarantined:  # positions and reasons only: never a path or a name
+        shown = ", ".join(f"{w} {r}" for w, r in res.quarantined[:50])
+        more = len(res.quarantined) - 50
+        print(f"quarantined {len(res.quarantined)} (possible burned-in text, not imported): "
+              + shown + (f", ... and {more} more" if more > 0 else "")
+              + "\n  check their pixels (--show-skipped prints their paths to stderr); DICOM "
+                "files without detected text import into a new --out with "
+                "--accept-burned-in-risk")
     if a.show_skipped:  # source paths may name patients: printed only on request, never logged
         for ref, reason in res.skipped_refs:
             print(f"skipped\t{reason}\t{ref}", file=sys.stderr)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import trust_pickle
+from .options import add_trust_flag, trust_code
 
 
 def _quality(a: argparse.Namespace) -> None:
     from ..eval_samples import eval_quality
-    trust_pickle(a)
+    trust_code(a)
     path = eval_quality(a.real, a.synthetic, a.out, split=a.split,
                         synthetic_split=a.synthetic_split, encoder=a.encoder)
     o = json.loads(path.read_text())["overall"]
@@ -19,7 +19,7 @@ def _quality(a: argparse.Namespace) -> None:
 
 def _memorization(a: argparse.Namespace) -> None:
     from ..eval_samples import eval_memorization
-    trust_pickle(a)
+    trust_code(a)
     s = eval_memorization(a.real, a.synthetic, a.out, real_split=a.real_split,
                           synthetic_split=a.synthetic_split, encoder=a.encoder,
                           threshold=a.threshold, max_pairs=a.max_pairs)
@@ -43,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         e.add_argument("--synthetic", required=True, help="synthetic dataset dir")
         e.add_argument("--synthetic-split", default="train")
         e.add_argument("--encoder", default="pixel", help=enc_help)
-        e.add_argument("--trust-pickle", action="store_true",
-                       help="allow a pickled CLIP weights file (torch.load weights_only=True)")
+        add_trust_flag(e, "--encoder: a TorchScript file or pickled CLIP weights")
         e.add_argument("--out", required=True)
     eq.add_argument("--split", default="test", help="real split to compare with")
     eq.set_defaults(fn=_quality)

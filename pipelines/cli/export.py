@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ...export.config import OnnxExportConfig, TensorRTBuildConfig
-from .options import add_config_args, config_from_args
+from .options import add_config_args, add_trust_flag, config_from_args, trust_code
 
 
 def _onnx(a: argparse.Namespace) -> None:
@@ -22,6 +22,7 @@ def _tensorrt(a: argparse.Namespace) -> None:
 
 def _clip(a: argparse.Namespace) -> None:
     from ..export_clip import export_clip
+    trust_code(a)
     print(export_clip(a.ckpt, a.out, model=a.model, tag=a.tag))
 
 
@@ -49,4 +50,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     ec.add_argument("--out", required=True, help=".safetensors (or .pt) file to write")
     ec.add_argument("--model", help="model name (default: from clip_config.json)")
     ec.add_argument("--tag", help="checkpoint tag (default: latest)")
+    add_trust_flag(ec, "a DeepSpeed checkpoint not signed by this user (copied or downloaded)")
     ec.set_defaults(fn=_clip)

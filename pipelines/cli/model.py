@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_trust_flag, trust_code
+
 
 def _init(a: argparse.Namespace) -> None:
     from ...engine.diffusion.sd_model import init_model
@@ -11,7 +13,8 @@ def _init(a: argparse.Namespace) -> None:
 
 def _convert(a: argparse.Namespace) -> None:
     from ...engine.diffusion.single_file import convert_single_file
-    print(convert_single_file(a.checkpoint, a.config, a.out, trust_pickle=a.trust_pickle))
+    trust_code(a)
+    print(convert_single_file(a.checkpoint, a.config, a.out))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +31,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     mc.add_argument("--config", required=True, help="a local diffusers SD dir of the same "
                     "architecture, or the checkpoint's original *.yaml (v1-inference.yaml, ...)")
     mc.add_argument("--out", required=True, help="new directory for the diffusers model")
-    mc.add_argument("--trust-pickle", action="store_true",
-                    help="allow a pickled .ckpt (read with torch.load(weights_only=True))")
+    add_trust_flag(mc, "a pickled .ckpt (read with torch.load(weights_only=True))")
     mc.set_defaults(fn=_convert)

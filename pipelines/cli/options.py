@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import typing
 from typing import Any
@@ -141,7 +142,25 @@ def config_from_args(cls: type, a: argparse.Namespace, *, command: str, hint: st
     return cls.from_dict(values, a.profile)
 
 
-def trust_pickle(a: argparse.Namespace) -> None:
-    """``--trust-pickle``: let this process load pickled weights (torch.load weights_only=True)."""
-    if getattr(a, "trust_pickle", False):
-        os.environ["MEDFAKE_TRUST_PICKLE"] = "1"
+def add_trust_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--trust-code`` (and its deprecated alias ``--trust-pickle``): ``what`` names the inputs
+    of this command that can run code when loaded (``engine.core.trust``)."""
+    parser.add_argument("--trust-code", action="store_true",
+                        help=f"I trust the source of {what}: load it although it can run code "
+                        f"(see docs/data.md, trust boundaries)")
+    parser.add_argument("--trust-pickle", dest="trust_pickle_legacy", action="store_true",
+                        help="deprecated alias of --trust-code")
+
+
+def trust_code(a: argparse.Namespace) -> None:
+    """Apply ``--trust-code`` to this process and the ranks it launches (``$MEDFAKE_TRUST_CODE``,
+    read by ``engine.core.trust.code_trusted``); warn about the deprecated spelling."""
+    from ...engine.core.trust import TRUST_CODE_ENV
+    if getattr(a, "trust_pickle_legacy", False):
+        logging.getLogger("medfake").warning("--trust-pickle is deprecated; use --trust-code "
+                                             "(the same trust, for every input that can run code)")
+    if getattr(a, "trust_code", False) or getattr(a, "trust_pickle_legacy", False):
+        os.environ[TRUST_CODE_ENV] = "1"
+
+
+trust_pickle = trust_code  # the old name of trust_code

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from ..configs.synth import SynthConfig
-from .options import add_config_args, config_from_args, trust_pickle
+from .options import add_config_args, add_trust_flag, config_from_args, trust_code
 
 
 def _run(a: argparse.Namespace) -> None:
-    trust_pickle(a)
+    trust_code(a)
     cfg = config_from_args(SynthConfig, a, command="synth", hint=" to run a job (or `medfake "
                            "synth status OUT` to inspect one)")
     from ..synth import synthesize
@@ -37,8 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
               "       medfake synth status OUT [--finalize] [--remove-corrupt] [--no-verify] "
               "[--world-size N] [--json FILE]")
     add_config_args(sy, SynthConfig)
-    sy.add_argument("--trust-pickle", action="store_true",
-                    help="allow a model dir with only pickled .bin weights (torch.load weights_only=True)")
+    add_trust_flag(sy, "--model: a model dir with only pickled .bin weights")
     sy.set_defaults(fn=_run)
 
     what = ("report planned, done, missing and corrupt shards of OUT across all ranks (verifies "

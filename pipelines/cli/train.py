@@ -6,7 +6,7 @@ import json
 
 from ..configs.train_clip import ClipTrainConfig
 from ..configs.train_generator import GeneratorTrainConfig
-from .options import add_config_args, config_from_args, trust_pickle
+from .options import add_config_args, add_trust_flag, config_from_args, trust_code
 
 
 def _generator(a: argparse.Namespace) -> None:
@@ -19,7 +19,7 @@ def _generator(a: argparse.Namespace) -> None:
 
 
 def _clip(a: argparse.Namespace) -> None:
-    trust_pickle(a)
+    trust_code(a)
     from ...engine.core.distributed import destroy_process_group, rank
     from ..train_clip import fewshot_summary, pretrain_clip
     cfg = config_from_args(ClipTrainConfig, a, command="train clip")
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="finetune: also evaluate --init zero-shot (the default)")
     tc.add_argument("--no-zero-shot", action="store_true",
                     help="finetune: skip the zero-shot evaluation of --init")
-    tc.add_argument("--trust-pickle", action="store_true",
-                    help="allow a pickled --init (.pt/.bin; read with torch.load weights_only=True)")
+    add_trust_flag(tc, "a pickled --init (.pt/.bin) or a DeepSpeed checkpoint not signed by this "
+                   "user (resume)")
     add_config_args(tc, ClipTrainConfig)
     tc.set_defaults(fn=_clip)
