@@ -181,9 +181,10 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
 
 # ----------------------------------------------------------------------------- running
 
-def load_samplers(cfg: SynthConfig, size: int) -> list:
+def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> list:
     """Load the model on the backend once and return one sampler per stream (see
-    ``engine.sampler_streams``); the streams share ``cfg.threads`` between them. Exports into
+    ``engine.sampler_streams``); the streams share ``cfg.threads`` between them, and without
+    ``--streams`` there are never more streams than the job's ``n_batches``. Exports into
     the shared cache are serialised between the ranks of one host (a file lock), so they never
     race on the same export."""
     import torch
@@ -194,7 +195,7 @@ def load_samplers(cfg: SynthConfig, size: int) -> list:
     from ..engine.diffusion.sampler import SamplerConfig
     threads = cfg.threads or torch.get_num_threads()
     device = "cuda" if cap.cuda().available else "cpu"
-    streams = resolve_streams(cfg.streams, cfg.backend, device, threads)
+    streams = resolve_streams(cfg.streams, cfg.backend, device, threads, n_batches)
     per_stream = threads_per_stream(threads, streams)
     torch.set_num_threads(per_stream)
     if cfg.backend == "torch":
@@ -205,7 +206,11 @@ def load_samplers(cfg: SynthConfig, size: int) -> list:
             model = load_model(cfg.model_dir, cfg.backend, **opts)
     scfg = SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.negative_prompt,
                          size, size)
-    log.info("%s backend: %d stream(s) x %d thread(s)", cfg.backend, streams, per_stream)
+    why = "as asked (--streams)" if cfg.streams else (
+        f"automatic: one per thread, capped by the job's {n_batches} batch(es)"
+        if n_batches is not None and streams == n_batches and streams < threads else "automatic")
+    log.info("%s backend: %d stream(s) x %d thread(s) (%s)", cfg.backend, streams, per_stream,
+             why)
     return [model.sampler(scfg) for _ in range(streams)]
 
 
@@ -269,7 +274,8 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
               result: SynthResult, sampler=None) -> None:
     t = time.perf_counter()
     index = RealIndex(cfg.real_dataset) if mode.conditioned or curation.memorization else None
-    samplers = sampler or load_samplers(cfg, size)
+    n_batches = sum(-(-plan.shard_size(i) // cfg.batch_size) for i in todo)
+    samplers = sampler or load_samplers(cfg, size, n_batches)
     samplers = samplers if isinstance(samplers, list) else [samplers]
     curator = build_curator(curation, real.class_names, real.prompt_templates, index)
     gen = BatchGenerator(samplers[0], mode, size, cfg.seed, index)

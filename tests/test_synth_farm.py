@@ -200,6 +200,29 @@ def test_sampler_streams_keep_order_bound_work_and_raise():
     assert resolve_streams(None, "onnx", "cuda", 8) == resolve_streams(None, "torch", "cpu", 2) == 1
     with pytest.raises(ValueError, match="--streams"):
         resolve_streams(0, "onnx", "cpu", 2)
+    # never more automatic streams than the job has batches; an explicit count is kept
+    assert resolve_streams(None, "onnx", "cpu", 2, n_batches=1) == 1
+    assert resolve_streams(None, "onnx", "cpu", 2, n_batches=5) == 2
+    assert resolve_streams(3, "onnx", "cpu", 2, n_batches=1) == 3
+
+
+def test_job_passes_its_batch_count_to_the_stream_choice(model_dir, small_world, tmp_path,
+                                                         monkeypatch):
+    """6 samples in shards of 4 at batch 4: shards of 4 and 2 samples, one batch each."""
+    from medfake.pipelines import synth as synth_mod
+    seen = []
+    real_load = synth_mod.load_samplers
+
+    def spy(cfg, size, n_batches=None):
+        seen.append(n_batches)
+        return real_load(cfg, size, n_batches)
+
+    monkeypatch.setattr(synth_mod, "load_samplers", spy)
+    _, hospital = small_world
+    synth_mod.run_job(synth_mod.SynthConfig(str(model_dir), str(hospital), str(tmp_path / "s"),
+                                            per_class=2, samples_per_shard=4, batch_size=4,
+                                            steps=1, backend="torch"))
+    assert seen == [2]
 
 
 def test_changed_parameters_refused_and_extend_appends(model_dir, small_world, tmp_path, capsys):
