@@ -31,7 +31,7 @@ from ..engine.data.reader import load_split
 from ..engine.evaluation.metrics import mean_std
 from . import report_figures as F
 
-SECTIONS = [("results", "Results"), ("curves", "Accuracy vs real images"),
+SECTIONS = [("verdict", "Verdict"), ("results", "Results"), ("curves", "Accuracy vs real images"),
             ("confusion", "Confusion matrices"), ("samples", "Samples: real vs each generator"),
             ("quality", "Sample quality"), ("memorization", "Memorization audit"),
             ("provenance", "Provenance")]
@@ -138,23 +138,81 @@ def _num(x: Any) -> str:
     return str(x)
 
 
-def _results_blocks(res: dict, summary: dict, run_dir: Path) -> list[tuple]:
-    rows = res["rows"]
+def _key(s: dict) -> tuple:
+    return (s["classifier"], s["k"], s["transforms"], s["real"], s["per_real"],
+            s["init"] is not None)
+
+
+def _partner(summary: dict, s: dict, roles: tuple[str, ...], same_extra: bool) -> str | None:
+    """The arm of one of ``roles`` that ``s`` is compared with: same classifier, k and
+    transforms, and with ``same_extra`` also the same extra-data recipe (count, init)."""
+    for arm, o in summary.items():
+        if o["role"] in roles and (_key(o) == _key(s) if same_extra else
+                                   (o["classifier"], o["k"], o["transforms"]) ==
+                                   (s["classifier"], s["k"], s["transforms"])):
+            return arm
+    return None
+
+
+def _by_arm(rows: list[dict]) -> dict[str, list[dict]]:
     by_arm: dict[str, list[dict]] = {}
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(r)
+    return by_arm
 
-    def key(s: dict) -> tuple:
-        return (s["classifier"], s["k"], s["transforms"], s["real"], s["per_real"],
-                s["init"] is not None)
+
+def _judge(m: float, h: float) -> str:
+    return "" if not math.isfinite(h) else ("better" if m - h > 0 else
+                                            "worse" if m + h < 0 else "n.s.")
+
+
+def _verdict_blocks(res: dict, summary: dict) -> list[tuple]:
+    """Per synthetic arm: does it beat real-only, and the equal-count control, with CIs."""
+    by_arm = _by_arm(res["rows"])
+    table, beat_real, beat_ctrl, n = [], [], [], 0
+    for arm, s in summary.items():
+        if s["role"] not in ("synthetic", "synthetic-only"):
+            continue
+        n += 1
+        cells = []
+        for roles, same, hits in ((("real-only",), False, beat_real),
+                                  (("control", "control-only"), True, beat_ctrl)):
+            other = _partner(summary, s, roles, same)
+            if other is None:
+                cells.append("no partner arm")
+                continue
+            m, h, k = paired_delta(by_arm[arm], by_arm[other])
+            verdict = _judge(m, h)
+            if verdict == "better":
+                hits.append(arm)
+            ci = f" [{_pct(m - h)}, {_pct(m + h)}]" if math.isfinite(h) else ""
+            note = ""
+            if "control" in roles:
+                a, b = s["n_extra_per_class"], summary[other]["n_extra_per_class"]
+                if math.isfinite(a) and math.isfinite(b) and a != b:
+                    note = f" (UNEQUAL counts: {a:g} vs {b:g} per class)"
+            cells.append(f"{100 * m:+.1f}{ci} {verdict or 'one seed: no CI'}, {k} seeds{note}"
+                         if math.isfinite(m) else "no shared seeds")
+        table.append([arm, str(s["k"]), s["classifier"], _count(s["n_extra_per_class"]), *cells])
+    if not n:
+        return [("p", "No synthetic arm in this run: nothing to judge.")]
+    ctrl = (f"{len(beat_ctrl)} of {n} beat the equal-count control: " + "; ".join(beat_ctrl)
+            if beat_ctrl else f"none of the {n} beats the equal-count control: here the "
+            f"generator does not earn its place over using its own training data directly")
+    text = (f"Synthetic arms judged on the real test split ({res.get('n_test')} images) by the "
+            f"paired accuracy difference over seeds with its t 95% CI; 'better' only when the "
+            f"CI excludes 0. {len(beat_real)} of {n} beat real-only; {ctrl}.")
+    return [("p", text),
+            ("table", ["arm", "k", "classifier", "extra/class", "Δacc vs real-only [CI]",
+                       "Δacc vs equal-count control [CI]"], table)]
+
+
+def _results_blocks(res: dict, summary: dict, run_dir: Path) -> list[tuple]:
+    rows = res["rows"]
+    by_arm = _by_arm(rows)
 
     def partner(s: dict, roles: tuple[str, ...], same_extra: bool) -> str | None:
-        for arm, o in summary.items():
-            if o["role"] in roles and (key(o) == key(s) if same_extra else
-                                       (o["classifier"], o["k"], o["transforms"]) ==
-                                       (s["classifier"], s["k"], s["transforms"])):
-                return arm
-        return None
+        return _partner(summary, s, roles, same_extra)
 
     def delta(arm: str, other: str | None) -> str:
         if other is None or other == arm:
@@ -163,9 +221,8 @@ def _results_blocks(res: dict, summary: dict, run_dir: Path) -> list[tuple]:
         if not math.isfinite(m):
             return ""
         ci = f" [{_pct(m - h)}, {_pct(m + h)}]" if math.isfinite(h) else ""
-        verdict = "" if not math.isfinite(h) else (" better" if m - h > 0 else
-                                                    " worse" if m + h < 0 else " n.s.")
-        return f"{100 * m:+.1f}{ci}{verdict}"
+        verdict = _judge(m, h)
+        return f"{100 * m:+.1f}{ci}{' ' + verdict if verdict else ''}"
 
     seeds = sorted({r["seed"] for r in rows})
     header = ["arm", "role", "real/class", "extra/class", "seeds", "accuracy %",
@@ -403,6 +460,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
              else f"medfake run: {run_dir.name}")
     cms = F.confusion_matrices(res["rows"], res["class_names"], run_dir / "report_confusion")
     parts = {
+        "verdict": _verdict_blocks(res, summary),
         "results": _results_blocks(res, summary, run_dir),
         "curves": _curve_blocks(summary, run_dir),
         "confusion": [("p", "Rows: true class, columns: predicted; counts summed over seeds, "

@@ -164,6 +164,7 @@ def run_chain(cfg: RunConfig) -> Path:
         {"hospital": hospital, "public": public, "synthetic": synth_dir})
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     html_path, md_path = write_report(run_dir)
-    print(md_path.read_text().split("\n## ", 2)[1].split("\n", 1)[1].split("\n### ")[0])
+    for section in md_path.read_text().split("\n## ")[1:3]:   # Verdict, Results
+        print("## " + section.split("\n### ")[0].rstrip() + "\n")
     print(f"report: {html_path}\n        {md_path}")
     return run_dir

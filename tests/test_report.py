@@ -98,3 +98,29 @@ def test_report_missing_results(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path)])
     assert e.value.code == 2 and "no results.json" in capsys.readouterr().err
+
+
+def test_verdict_names_what_beats_real_only_and_the_equal_count_control():
+    """Hand-made rows: the synthetic arm beats real-only on every seed and ties the control;
+    a second source beats both; the count check flags an unequal control."""
+    from medfake.pipelines.report import _verdict_blocks, normalize, summarize_rows
+
+    def rows(arm, accs, extra):
+        return [{"arm": arm, "seed": s, "accuracy": a, "n_extra_per_class": extra}
+                for s, a in enumerate(accs)]
+    data = (rows("cnn real-only", [0.50, 0.52, 0.48], 0)
+            + rows("cnn real + synthetic", [0.60, 0.61, 0.59], 20)
+            + rows("cnn control: real + public", [0.60, 0.62, 0.58], 20))
+    res = normalize({"k_shot": 5, "class_names": ["a", "b"], "n_test": 30, "rows": data})
+    blocks = _verdict_blocks(res, summarize_rows(res["rows"]))
+    text, table = blocks[0][1], blocks[1][2]
+    assert "1 of 1 beat real-only" in text and "none of the 1 beats the equal-count control" in text
+    assert "better" in table[0][4] and "n.s." in table[0][5] and "UNEQUAL" not in table[0][5]
+
+    data = (rows("cnn real-only", [0.50, 0.52, 0.48], 0)
+            + rows("cnn real + synthetic", [0.70, 0.71, 0.69], 20)
+            + rows("cnn control: real + public", [0.60, 0.62, 0.58], 60))
+    res = normalize({"k_shot": 5, "class_names": ["a", "b"], "n_test": 30, "rows": data})
+    blocks = _verdict_blocks(res, summarize_rows(res["rows"]))
+    assert "1 of 1 beat the equal-count control: cnn real + synthetic" in blocks[0][1]
+    assert "UNEQUAL counts: 20 vs 60" in blocks[1][2][0][5]
