@@ -200,7 +200,7 @@ def build_engines(onnx_dir: str, out_dir: str, cfg: TensorRTBuildConfig = Tensor
         onnx_path = src.component_path(onnx_dir, name)
         key = engine_cache_key(_file_digest(onnx_path), gpu, trt.__version__, cfg, shapes[name])
         cached = cache_dir("tensorrt", key) / f"{name}.plan"
-        if cached_build(cached, lambda: _build_plan(onnx_path, shapes[name], cfg)):
+        if cached_build(cached, lambda p=onnx_path, s=shapes[name]: _build_plan(p, s, cfg)):
             log.info("built TensorRT engine for %s (cache key %s)", name, key)
         _copy_published(cached, out / f"{name}.plan")
         manifest.components[name] = {
