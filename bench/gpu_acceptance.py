@@ -444,26 +444,28 @@ def plan(acc: Acceptance) -> list[tuple[str, Callable[[], dict], tuple[str, ...]
     bf16 = None if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else \
         "this GPU has no bf16"
     from medfake.engine.core import capabilities as cap
-    ort_gpu = "onnxruntime"
     cuda_ep = None if "CUDAExecutionProvider" in cap.ort_providers() else \
         "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
     trt_ep = None if "TensorrtExecutionProvider" in cap.ort_providers() else \
         "onnxruntime has no TensorrtExecutionProvider (install onnxruntime-gpu)"
+    export = ("onnx", "onnxruntime") + (("onnxslim",) if acc.simplify else ())  # + validation
+    clip = ("deepspeed", "open_clip", "webdataset")
     return [
         ("torch fp16 eager (SDPA)", lambda: acc.torch_path("fp16", "sdpa"), (), None),
         ("torch bf16 eager (SDPA)", lambda: acc.torch_path("bf16", "sdpa"), (), bf16),
         ("torch fp16 + xformers", lambda: acc.torch_path("fp16", "xformers"), ("xformers",), None),
-        ("ORT CUDA EP, I/O binding", lambda: acc.ort_path("cuda"), (ort_gpu,), cuda_ep),
-        ("ORT TensorRT EP", lambda: acc.ort_path("tensorrt"), (ort_gpu, "tensorrt"), trt_ep),
-        ("TensorRT fp16, dynamic profile", lambda: acc.trt_path(True), ("tensorrt",), None),
-        ("TensorRT fp32 (TF32), dynamic profile", lambda: acc.trt_path(False), ("tensorrt",),
+        ("ORT CUDA EP, I/O binding", lambda: acc.ort_path("cuda"), export, cuda_ep),
+        ("ORT TensorRT EP", lambda: acc.ort_path("tensorrt"), (*export, "tensorrt"), trt_ep),
+        ("TensorRT fp16, dynamic profile", lambda: acc.trt_path(True), (*export, "tensorrt"),
          None),
+        ("TensorRT fp32 (TF32), dynamic profile", lambda: acc.trt_path(False),
+         (*export, "tensorrt"), None),
         ("Triton GroupNorm+SiLU", acc.triton_path, ("triton",), None),
         ("DreamBooth LoRA 20 steps fp16", lambda: acc.dreambooth_path("fp16"), ("peft",), None),
         ("DreamBooth LoRA 20 steps bf16", lambda: acc.dreambooth_path("bf16"), ("peft",), bf16),
-        ("CLIP ZeRO-2 NCCL, 1 rank", lambda: acc.clip_path(1), ("deepspeed", "open_clip"), None),
-        ("CLIP ZeRO-2 NCCL, 2 ranks", lambda: acc.clip_path(2), ("deepspeed", "open_clip"), two),
-        ("synthesis, 2 ranks on 2 GPUs", acc.synth_ranks_path, (), two),
+        ("CLIP ZeRO-2 NCCL, 1 rank", lambda: acc.clip_path(1), clip, None),
+        ("CLIP ZeRO-2 NCCL, 2 ranks", lambda: acc.clip_path(2), clip, two),
+        ("synthesis, 2 ranks on 2 GPUs", acc.synth_ranks_path, ("webdataset",), two),
     ]
 
 

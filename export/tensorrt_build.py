@@ -185,6 +185,9 @@ def build_engines(onnx_dir: str, out_dir: str, cfg: TensorRTBuildConfig = Tensor
     cap.require_tensorrt("building TensorRT engines")
     import tensorrt as trt
     import torch
+
+    from ..engine.core.distributed import cuda_device_index
+    torch.cuda.set_device(cuda_device_index() or 0)   # build on this rank's GPU, not GPU 0
     gpu = torch.cuda.get_device_name()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,20 @@ def test_providers_get_the_ranks_device_and_fp16_only_for_fp16(monkeypatch):
     assert fp16["TensorrtExecutionProvider"]["trt_fp16_enable"] is True
 
 
+def test_trainers_auto_device_is_the_ranks_gpu(monkeypatch):
+    """DreamBooth's --device auto: old code took cuda (GPU 0) on every rank."""
+    from medfake.engine.training.accel import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "n1")
+    assert resolve_device("auto") == torch.device("cuda", 1)
+
+
 def test_doctor_reports_each_ranks_device_and_gpu_paths():
     from medfake.pipelines.doctor import gpu_paths, rank_devices
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
@@ -452,3 +466,13 @@ def test_gpu_acceptance_compares_onnx_runtime_cpu_with_the_torch_fp32_reference(
         ga.compare("shifted", ref, ref + 0.1, ga.BOUNDS["fp32"])
     with pytest.raises(ga.PathFailed, match="NaN"):
         ga.image_diff(ref, ref * np.nan)
+
+
+def test_gpu_acceptance_cli_commands_parse(tmp_path):
+    """The training and synthesis paths run medfake's CLI: their flags must exist."""
+    ga = _acceptance()
+    from medfake.pipelines.cli import build_parser
+    p = build_parser()
+    p.parse_args(ga.dreambooth_args(tmp_path, tmp_path, tmp_path, "bf16", eight_bit=True))
+    p.parse_args(ga.clip_args(tmp_path, tmp_path))
+    p.parse_args(ga.synth_args(tmp_path, tmp_path, tmp_path, 20))
