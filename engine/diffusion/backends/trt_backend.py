@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -66,12 +67,18 @@ class TrtEngine:
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.inputs = [n for n in names if n not in self.outputs]
 
+    def _on_device(self):
+        """The engine's GPU as the calling thread's current device (a stream thread's current
+        device may be another: TensorRT allocates on the current one)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
     @property
     def context(self):
-        """This thread's execution context (created on first use)."""
+        """This thread's execution context (created on first use, on the engine's GPU)."""
         ctx = getattr(self._local, "context", None)
         if ctx is None:
-            ctx = self.engine.create_execution_context()
+            with self._on_device():
+                ctx = self.engine.create_execution_context()
             if ctx is None:
                 raise RuntimeError(f"TensorRT could not create an execution context for "
                                    f"{self.path} (out of GPU memory?)")
@@ -83,6 +90,10 @@ class TrtEngine:
         return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self._on_device():
+            return self._call(feeds)
+
+    def _call(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         trt = self._trt
         ctx = self.context
         feeds = dict(feeds)
