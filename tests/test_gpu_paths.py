@@ -254,6 +254,45 @@ def test_session_device_comes_from_the_providers_it_actually_got(tmp_path, monke
     assert b.device == torch.device("cuda", 1)
 
 
+def test_trt_ep_engine_cache_is_built_by_one_process_at_a_time(tmp_path, monkeypatch):
+    """Issue 17: every rank wrote the TensorRT EP's engine cache outside any lock. Sessions
+    (which build engines) and the warm-up calls (which build lazy ones) now run under the
+    cache's file lock: two concurrent backends never interleave, and the TensorRT EP gets
+    profiles covering the job."""
+    import time
+    monkeypatch.setattr(cap, "cuda", lambda: cap.Probe("cuda", True, "12", "fake"))
+    monkeypatch.setattr(cap, "ort_providers", lambda: list(O.PROVIDERS.values()))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    export = _onnx_export_dir(tmp_path)
+    events, seen = [], []
+
+    class Slow(FakeSession):
+        def __init__(self, path, so, providers):
+            seen.append(dict(p for p in providers if not isinstance(p, str)))
+            events.append(threading.get_ident())
+            time.sleep(0.02)
+            super().__init__(path, so, providers, ["CPUExecutionProvider"])
+
+        def run(self, _, feeds):
+            events.append(threading.get_ident())
+            time.sleep(0.02)
+            return super().run(_, feeds)
+
+    job = JobShape(2, 512, 512)
+    threads = [threading.Thread(target=O.OrtBackend, args=(str(export),),
+                                kwargs={"session_factory": Slow, "job": job}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(events) == 12   # 3 sessions + 3 warm-up runs per backend
+    assert len({tuple(events[:6]), tuple(events[6:])}) == 2 and len(set(events[:6])) == 1
+    trt = seen[0]["TensorrtExecutionProvider"]
+    assert trt["trt_profile_max_shapes"] == "input_ids:2x77"     # the text encoder's
+    assert trt["trt_engine_cache_path"] == str(export / "trt_cache")
+
+
 def test_io_binding_orders_ort_after_torch_and_torch_after_ort(monkeypatch):
     """Old code ran ORT without waiting for torch's stream, and returned before ORT's."""
     events = []
