@@ -327,6 +327,7 @@ def test_trt_ep_profiles_cover_the_job():
     assert opts["trt_profile_min_shapes"] == "sample:1x4x64x64,encoder_hidden_states:1x77x768"
     assert opts["trt_profile_opt_shapes"] == "sample:8x4x96x96,encoder_hidden_states:8x77x768"
     assert opts["trt_profile_max_shapes"] == "sample:8x4x96x96,encoder_hidden_states:8x77x768"
+    assert O.DEFAULT_JOB_BATCH == TensorRTBuildConfig().max_batch   # one default profile
 
 
 # --------------------------------------------------------------------- TensorRT, fake module

@@ -43,6 +43,7 @@ PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProv
              "cpu": "CPUExecutionProvider"}
 GPU_PROVIDERS = frozenset({PROVIDERS["tensorrt"], PROVIDERS["cuda"]})
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+DEFAULT_JOB_BATCH = 16   # export.config.TensorRTBuildConfig.max_batch (export sits above engine)
 
 
 def _shape_text(shapes: dict[str, tuple]) -> str:
@@ -150,7 +151,8 @@ class OrtBackend:
         self.latent_channels, self.vae_scale_factor = g.latent_channels, g.vae_scale_factor
         self.scaling_factor, self.unet_in_channels = g.scaling_factor, g.unet_in_channels
         self.geometry = g
-        self.job = job or JobShape(1, g.image_size, g.image_size)
+        # without a job: TensorRT's default build profile (16 images at the native size)
+        self.job = job or JobShape(DEFAULT_JOB_BATCH, g.image_size, g.image_size)
         cache = self.export_dir / "trt_cache"
         self.providers = select_providers(provider, str(cache),
                                           fp16=self.manifest.precision == "fp16",
