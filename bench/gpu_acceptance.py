@@ -499,8 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     results = run_all(acc, gpu_reason)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "gpu": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-            or "none", "torch": torch.__version__, "preset": a.preset, "size": a.size,
+            "gpu": ", ".join(torch.cuda.get_device_name(i)
+                             for i in range(torch.cuda.device_count())) or "none",
+            "torch": torch.__version__, "preset": a.preset, "size": a.size,
             "steps": a.steps, "batch": a.batch, "seconds": round(time.perf_counter() - t, 1),
             "bounds": BOUNDS}
     path = write_results(out, results, meta)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..engine.diffusion.sd_model import check_model_dir, load_components, model_hash
-from ..engine.diffusion.backends.components import (COMPONENT_NAMES, SPECS, ComponentSpec,
-                                                    ModelGeometry)
+from ..engine.diffusion.backends.components import (COMPONENT_NAMES, FP32_INPUTS, SPECS,
+                                                    ComponentSpec, ModelGeometry)
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 from .config import PROTOBUF_LIMIT, TOLERANCE, OnnxExportConfig
 
@@ -54,10 +54,6 @@ class _Fp16Compute(nn.Module):
         args = [a.half() if a.is_floating_point() and i not in self.keep_fp32 else a
                 for i, a in enumerate(args)]
         return self.m(*args).float()
-
-
-# inputs an fp16 graph keeps in float32 (see _Fp16Compute)
-FP32_INPUTS = {"unet": ("timestep",)}
 
 
 def fp16_compute(module: nn.Module, spec: ComponentSpec) -> _Fp16Compute:

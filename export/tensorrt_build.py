@@ -10,9 +10,12 @@ images. ``profile_for_job`` derives a build config whose profiles cover one job.
 Concurrent builds (several ranks of one host, a double launch) are safe: a build of one cache
 key holds a file lock on its cache directory, writes a temporary file unique to the process
 and thread, and publishes it with ``os.replace``; a process that waited for the lock finds the
-published plan and does not build again. Engines are cached under ``$MEDFAKE_CACHE/tensorrt/<key>`` where the key hashes the ONNX
-file, the GPU name, the TensorRT version, the precision and the profile, so a farm node reuses
-an engine only if it was built for the same GPU and TensorRT.
+published plan and does not build again.
+
+Engines are cached under ``$MEDFAKE_CACHE/tensorrt/<key>`` where the key hashes the ONNX file,
+the GPU name, the TensorRT version, the precision (fp16, TF32) and the profile, so a farm node
+reuses an engine only if it was built for the same GPU and TensorRT. fp16 engines keep the
+layers fed by the UNet's timestep in fp32 (``pin_fp32_from``).
 
 Everything up to the build (profile arithmetic, cache keys, manifest) runs anywhere; the build
 itself needs TensorRT and a CUDA GPU and stops with ``CapabilityError`` naming what is missing.
@@ -32,7 +35,8 @@ from typing import Callable
 
 from ..engine.core import capabilities as cap
 from ..engine.core.paths import cache_dir
-from ..engine.diffusion.backends.components import SPECS, JobShape, ModelGeometry, input_shapes
+from ..engine.diffusion.backends.components import (FP32_INPUTS, SPECS, JobShape, ModelGeometry,
+                                                    input_shapes)
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 from .config import TensorRTBuildConfig
 
@@ -101,7 +105,8 @@ def engine_cache_key(onnx_digest: str, gpu_name: str, trt_version: str,
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _build_plan(onnx_path: Path, shapes: dict, cfg: TensorRTBuildConfig) -> bytes:
+def _build_plan(onnx_path: Path, shapes: dict, cfg: TensorRTBuildConfig, component: str
+                ) -> bytes:
     import tensorrt as trt
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -118,6 +123,10 @@ def _build_plan(onnx_path: Path, shapes: dict, cfg: TensorRTBuildConfig) -> byte
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gb * 2 ** 30))
     if cfg.fp16 and weakly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+        pinned = pin_fp32_from(network, trt, FP32_INPUTS.get(component, ()))
+        if pinned:
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+            log.info("%s: %d layer(s) after the fp32 inputs kept in fp32", onnx_path, pinned)
     if cfg.strict_fp32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
@@ -128,6 +137,37 @@ def _build_plan(onnx_path: Path, shapes: dict, cfg: TensorRTBuildConfig) -> byte
     if plan is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
     return bytes(plan)
+
+
+_STOP_LAYERS = ("MATRIX_MULTIPLY", "FULLY_CONNECTED", "CONVOLUTION")
+
+
+def pin_fp32_from(network, trt, inputs: tuple[str, ...]) -> int:
+    """Constrain to fp32 every layer fed (transitively) by the network inputs named ``inputs``,
+    up to the first matrix multiply (the embedding's Linear, which diffusers runs in the model's
+    dtype). Layers are in topological order in a TensorRT network. Returns how many."""
+    if not inputs:
+        return 0
+    tainted = {network.get_input(i).name for i in range(network.num_inputs)
+               if network.get_input(i).name in inputs}
+    floats = (trt.float32, trt.float16)
+    stops = {getattr(trt.LayerType, n) for n in _STOP_LAYERS if hasattr(trt.LayerType, n)}
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        ins = [layer.get_input(j) for j in range(layer.num_inputs)]
+        if layer.type in stops or not any(t is not None and t.name in tainted for t in ins):
+            continue
+        outs = [(j, layer.get_output(j)) for j in range(layer.num_outputs)]
+        outs = [(j, o) for j, o in outs if o.dtype in floats]
+        if not outs:   # shape and index arithmetic: no float to keep precise
+            continue
+        layer.precision = trt.float32
+        for j, out in outs:
+            tainted.add(out.name)
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def _unique_tmp(path: Path) -> Path:
@@ -203,7 +243,8 @@ def build_engines(onnx_dir: str, out_dir: str, cfg: TensorRTBuildConfig = Tensor
         onnx_path = src.component_path(onnx_dir, name)
         key = engine_cache_key(_file_digest(onnx_path), gpu, trt.__version__, cfg, shapes[name])
         cached = cache_dir("tensorrt", key) / f"{name}.plan"
-        if cached_build(cached, lambda p=onnx_path, s=shapes[name]: _build_plan(p, s, cfg)):
+        build = lambda p=onnx_path, s=shapes[name], n=name: _build_plan(p, s, cfg, n)  # noqa: E731
+        if cached_build(cached, build):
             log.info("built TensorRT engine for %s (cache key %s)", name, key)
         _copy_published(cached, out / f"{name}.plan")
         manifest.components[name] = {

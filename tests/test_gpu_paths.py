@@ -168,6 +168,43 @@ def test_engine_tolerance_follows_the_graphs_precision_and_tf32():
     assert "--strict-fp32" in msg and "without --fp16" not in msg
 
 
+def test_fp16_engine_keeps_the_timestep_embedding_fp32():
+    """Native TensorRT --fp16: the layers from the timestep input up to the embedding's first
+    matrix multiply are constrained to fp32 (a fake network: timestep -> Mul -> Sin -> Concat
+    -> MatMul -> ...; the sample path stays free)."""
+    trt = types.SimpleNamespace(float32="f32", float16="f16", int32="i32", LayerType=types.
+                                SimpleNamespace(MATRIX_MULTIPLY="mm", CONVOLUTION="conv"))
+    tensor = lambda name, dtype="f32": types.SimpleNamespace(name=name, dtype=dtype)  # noqa: E731
+
+    class Layer:
+        def __init__(self, kind, ins, outs):
+            self.type, self.ins, self.outs = kind, ins, outs
+            self.precision, self.out_types = None, {}
+
+        num_inputs = property(lambda self: len(self.ins))
+        num_outputs = property(lambda self: len(self.outs))
+        get_input = lambda self, j: self.ins[j]   # noqa: E731
+        get_output = lambda self, j: self.outs[j]  # noqa: E731
+
+        def set_output_type(self, j, dtype):
+            self.out_types[j] = dtype
+
+    t, x = tensor("timestep"), tensor("sample")
+    layers = [Layer("elementwise", [t, tensor("freqs")], [tensor("m")]),
+              Layer("unary", [tensor("m")], [tensor("s")]),
+              Layer("shape", [tensor("s")], [tensor("n", "i32")]),
+              Layer("concat", [tensor("s"), None], [tensor("c")]),
+              Layer("mm", [tensor("c")], [tensor("emb")]),
+              Layer("act", [tensor("emb")], [tensor("e2")]),
+              Layer("conv", [x], [tensor("h")])]
+    net = types.SimpleNamespace(num_inputs=2, get_input=[t, x].__getitem__,
+                                num_layers=len(layers), get_layer=layers.__getitem__)
+    assert T.pin_fp32_from(net, trt, ("timestep",)) == 3
+    assert [l.precision for l in layers] == ["f32", "f32", None, "f32", None, None, None]
+    assert layers[2].out_types == {} and layers[3].out_types == {0: "f32"}
+    assert T.pin_fp32_from(net, trt, ()) == 0
+
+
 # --------------------------------------------------------------------------- export details
 
 class _Record(torch.nn.Module):

@@ -16,6 +16,10 @@ from torch import nn
 from ..sd_model import SDComponents
 
 COMPONENT_NAMES = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# Inputs that stay float32 in fp16 graphs and fp16 TensorRT engines: the UNet's timestep is
+# fractional under DPM++/Euler (980.7), and fp16 has 0.5 steps above 512. diffusers builds the
+# sinusoidal embedding in float32 and casts the embedding, not the timestep.
+FP32_INPUTS = {"unet": ("timestep",)}
 
 
 class TextEncoderGraph(nn.Module):

@@ -236,7 +236,8 @@ class OrtBackend:
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.to(self.device, torch.int64)
         g = self.geometry
-        return self._run("text_encoder", {"input_ids": ids}, (ids.shape[0], ids.shape[1], g.text_dim))
+        return self._run("text_encoder", {"input_ids": ids},
+                         (ids.shape[0], ids.shape[1], g.text_dim))
 
     def unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32).reshape(()).to(self.device)
