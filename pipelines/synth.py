@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..engine.core.capabilities import CapabilityError
 from ..engine.data.format import IMAGE_EXTS, Sample, shard_name
 from ..engine.data.reader import DatasetInfo
-from ..engine.diffusion.backends import BACKENDS, resolve_backend
+from ..engine.diffusion.backends import BACKENDS, check_engines_serve, resolve_backend
 from ..engine.diffusion.sd_model import model_hash
 from ..engine.diffusion.streams import (
     SamplerStreams,
@@ -233,8 +233,10 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     from dataclasses import replace
     real = DatasetInfo.load(cfg.real_dataset)
     size = cfg.image_size or real.image_size
-    cfg = replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir,
-                                               synth_job_shape(cfg, size)))
+    job = synth_job_shape(cfg, size)
+    cfg = replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    if cfg.backend == "tensorrt":   # engines that cannot serve the job: refuse before writing
+        check_engines_serve(cfg.model_dir, job)
     why = BACKENDS[cfg.backend].unavailable()
     if why:   # before the plan is stored with this backend
         raise CapabilityError(f"backend {cfg.backend!r} cannot run here: {why}. Use --backend "

@@ -150,6 +150,12 @@ def test_profiles_cover_the_jobs_size_and_batch_and_auto_skips_engines_that_cann
     assert B.resolve_backend("auto", str(fit), job) == "tensorrt"
     assert B.resolve_backend("auto", str(old), job) != "tensorrt"
     assert B.resolve_backend("auto", str(tmp_path), job) != "tensorrt"   # not an engine dir
+    from medfake.engine.diffusion.backends.trt_backend import EngineShapeError
+    with pytest.raises(EngineShapeError, match=r"cannot serve 24 image\(s\) per call of "
+                       r"256x256: .*rebuild with `medfake export tensorrt --batch 1:24:24 "
+                       r"--size 256:256:256`"):
+        B.check_engines_serve(str(old), job)
+    B.check_engines_serve(str(fit), job)
     with pytest.raises(ValueError, match="MIN <= OPT <= MAX"):
         TensorRTBuildConfig(**TensorRTBuildConfig.parse_size("512:256:768")).check()
 

@@ -171,6 +171,20 @@ def tensorrt_serves(path: str | None, job: JobShape | None) -> str | None:
     return None if why is None else f"its engines cannot serve the job: {why}"
 
 
+def check_engines_serve(path: str, job: JobShape) -> None:
+    """For a TensorRT engine dir ``path``: ``EngineShapeError`` (one message with the rebuild
+    command) unless its profiles serve ``job``; anything else passes (it is built to fit)."""
+    if not _is_export(Path(path), "tensorrt"):
+        return
+    from .manifest import ExportManifest
+    from .trt_backend import EngineShapeError, job_misfit, rebuild_hint
+    why = job_misfit(ExportManifest.load(path), job)
+    if why:
+        raise EngineShapeError(f"the TensorRT engines in {path} cannot serve {job.batch} "
+                               f"image(s) per call of {job.height}x{job.width}: {why}; "
+                               f"{rebuild_hint(job)}")
+
+
 def resolve_backend(name: str, path: str | None = None, job: JobShape | None = None) -> str:
     """``auto`` -> the fastest runnable backend for ``path`` and ``job`` (see the module doc);
     otherwise validate the name."""

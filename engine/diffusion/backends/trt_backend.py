@@ -147,8 +147,9 @@ class TrtBackend:
         self.geometry = g
         self.latent_channels, self.vae_scale_factor = g.latent_channels, g.vae_scale_factor
         self.scaling_factor, self.unet_in_channels = g.scaling_factor, g.unet_in_channels
+        self.engine_dir = engine_dir
         if job is not None:
-            self.check_job(job, engine_dir)
+            self.check_job(job)   # before any GPU memory is taken
         if device_index is None:
             from ...core.distributed import cuda_device_index
             device_index = cuda_device_index() or 0
@@ -157,12 +158,10 @@ class TrtBackend:
         self.engines = {n: TrtEngine(self.manifest.component_path(engine_dir, n), self.device)
                         for n in self.manifest.components}
 
-    def check_job(self, job: JobShape, where: str = "") -> None:
-        why = job_misfit(self.manifest, job)
-        if why:
-            raise EngineShapeError(f"the TensorRT engines in {where or 'this dir'} cannot serve "
-                                   f"{job.batch} image(s) per call of {job.height}x{job.width}: "
-                                   f"{why}; {rebuild_hint(job)}")
+    def check_job(self, job: JobShape) -> None:
+        """``EngineShapeError`` unless these engines' profiles serve ``job``."""
+        from . import check_engines_serve
+        check_engines_serve(self.engine_dir, job)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.engines["text_encoder"]({"input_ids": input_ids.to(self.device,
