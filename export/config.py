@@ -53,14 +53,23 @@ class OnnxExportConfig(JobConfig):
 
 @dataclass(frozen=True)
 class TensorRTBuildConfig(JobConfig):
-    """Batch profile (images per sampler call, ``--batch MIN:OPT:MAX``), precision, workspace."""
+    """Optimisation profile: images per sampler call (``--batch MIN:OPT:MAX``) and image side in
+    pixels (``--size MIN:OPT:MAX``, 0 = the model's native size); precision, workspace.
+
+    ``fp16`` builds fp16 engines (weakly typed TensorRT); fp32 layers use TF32 on Ampere and
+    later unless ``strict_fp32`` (TensorRT's default is TF32 on). The engines' validation
+    tolerance follows from what the engine computes in (``engine_precision``)."""
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
     min_batch: int = api_only(1)          # the three are the CLI's --batch MIN:OPT:MAX
     opt_batch: int = api_only(8)
     max_batch: int = api_only(16)
+    min_size: int = api_only(0)           # the three are the CLI's --size MIN:OPT:MAX (pixels)
+    opt_size: int = api_only(0)
+    max_size: int = api_only(0)
     fp16: bool = option(False, "build fp16 engines")
+    strict_fp32: bool = option(False, "no TF32 in fp32 layers (slower; closest to the ONNX graph)")
     workspace_gb: float = option(4.0, "TensorRT builder workspace (GiB)")
 
     @staticmethod
@@ -73,7 +82,25 @@ class TensorRTBuildConfig(JobConfig):
                              f"got {text!r}") from None
         return {"min_batch": lo, "opt_batch": opt, "max_batch": hi}
 
+    @staticmethod
+    def parse_size(text: str) -> dict[str, int]:
+        """``"256:512:768"`` -> ``{"min_size": 256, "opt_size": 512, "max_size": 768}``."""
+        try:
+            lo, opt, hi = (int(p) for p in text.split(":"))
+        except ValueError:
+            raise ValueError(f"--size must be MIN:OPT:MAX image side in pixels, e.g. "
+                             f"256:512:768; got {text!r}") from None
+        return {"min_size": lo, "opt_size": opt, "max_size": hi}
+
+    def sizes(self, native: int) -> tuple[int, int, int]:
+        """(min, opt, max) image side, 0 replaced by ``native``."""
+        return tuple(s or native for s in (self.min_size, self.opt_size, self.max_size))
+
     def check(self) -> None:
+        sizes = (self.min_size, self.opt_size, self.max_size)
+        if any(s < 0 for s in sizes) or (all(sizes) and not sizes[0] <= sizes[1] <= sizes[2]):
+            raise ValueError(f"--size needs 0 < MIN <= OPT <= MAX pixels (0 = native); got "
+                             f"{':'.join(map(str, sizes))}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError(f"--batch needs 1 <= MIN <= OPT <= MAX; got "
                              f"{self.min_batch}:{self.opt_batch}:{self.max_batch}")

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..engine.diffusion.sd_model import check_model_dir, load_components, model_hash
-from ..engine.diffusion.backends.components import (COMPONENT_NAMES, SPECS, ComponentSpec,
-                                                    ModelGeometry)
+from ..engine.diffusion.backends.components import (COMPONENT_NAMES, FP32_INPUTS, SPECS,
+                                                    ComponentSpec, ModelGeometry)
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 from .config import PROTOBUF_LIMIT, TOLERANCE, OnnxExportConfig
 
@@ -38,15 +38,28 @@ log = logging.getLogger(__name__)
 
 
 class _Fp16Compute(nn.Module):
-    """Run ``m`` in fp16 with float32 inputs and outputs (integer inputs pass through)."""
+    """Run ``m`` in fp16 with float32 inputs and outputs (integer inputs pass through).
 
-    def __init__(self, m: nn.Module):
+    Inputs at the positions in ``keep_fp32`` stay float32: the UNet's timestep (fractional
+    with DPM++/Euler schedules, e.g. 999.0 -> 980.7; fp16 has 0.5 steps above 512 and would
+    round it). diffusers builds the sinusoidal embedding in float32 and casts the embedding,
+    not the timestep, to the weights' dtype."""
+
+    def __init__(self, m: nn.Module, keep_fp32: tuple[int, ...] = ()):
         super().__init__()
         self.m = m.half()
+        self.keep_fp32 = frozenset(keep_fp32)
 
     def forward(self, *args):
-        args = [a.half() if a.is_floating_point() else a for a in args]
+        args = [a.half() if a.is_floating_point() and i not in self.keep_fp32 else a
+                for i, a in enumerate(args)]
         return self.m(*args).float()
+
+
+def fp16_compute(module: nn.Module, spec: ComponentSpec) -> _Fp16Compute:
+    """``module`` computing in fp16 with ``spec``'s float32 inputs kept where they must be."""
+    keep = tuple(spec.inputs.index(n) for n in FP32_INPUTS.get(spec.name, ()))
+    return _Fp16Compute(module, keep)
 
 
 def _exportable_attention(model: nn.Module):
@@ -68,6 +81,10 @@ def _export_one(module: nn.Module, spec: ComponentSpec, geom: ModelGeometry, pat
         _run_exporter(module, spec, example, opset, path, cfg)
 
 
+def _weight_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def _run_exporter(module, spec: ComponentSpec, example, opset: int, path: Path,
                   cfg: OnnxExportConfig) -> None:
     if cfg.exporter == "torchscript":
@@ -85,7 +102,10 @@ def _run_exporter(module, spec: ComponentSpec, example, opset: int, path: Path,
                                     input_names=list(spec.inputs), output_names=[spec.output],
                                     dynamic_shapes=tuple(dims[n] for n in spec.inputs),
                                     verbose=False)
-        program.save(str(path), external_data=False)
+        # Over the threshold (or protobuf's 2 GB) the weights go to model.onnx.data; below it
+        # None lets the exporter decide (it externalises anything over 2 GB itself).
+        big = _weight_bytes(module) > min(cfg.external_data_threshold, PROTOBUF_LIMIT - 1)
+        program.save(str(path), external_data=True if big else None)
 
 
 def _simplify(path: Path, weight_bytes: int) -> None:
@@ -161,12 +181,12 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         module = spec.wrap(comps).eval()
         ref_module = module
         if cfg.precision == "fp16":
-            module = _Fp16Compute(spec.wrap(load_components(model_dir)).eval())
+            module = fp16_compute(spec.wrap(load_components(model_dir)).eval(), spec)
         path = out / name / "model.onnx"
         if path.parent.exists():
             shutil.rmtree(path.parent)
         path.parent.mkdir(parents=True)
-        weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        weight_bytes = _weight_bytes(module)
         t0 = time.perf_counter()
         with _exportable_attention(module), torch.inference_mode(False), torch.no_grad():
             _export_one(module, spec, geom, path, cfg)

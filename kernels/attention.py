@@ -39,7 +39,8 @@ def xformers_status() -> tuple[bool, str]:
         import xformers.ops  # noqa: F401
     except Exception as exc:  # ImportError, or a broken build raising at import time
         return False, (f"the xformers package is not usable ({type(exc).__name__}: {exc}); "
-                       "install it with `pip install xformers` (extra `medfake[gpu]`)")
+                       "install it with `pip install xformers` (extra `medfake[xformers]`, only "
+                       "with the torch its wheel was built for)")
     return True, "xformers imports"
 
 

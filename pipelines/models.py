@@ -3,8 +3,14 @@
 ``load_model(path, backend, **options)`` is ``engine.diffusion.backends.load_model`` with
 ``prepare=prepare_export``. Given a diffusers dir, the onnx backend then exports it once
 (validated, ``medfake export onnx``) into ``$MEDFAKE_CACHE/onnx/<model hash>``, and the tensorrt
-backend builds engines from that export (``medfake export tensorrt``'s cache, keyed by GPU and
-TensorRT version). Exporting sits in ``export/``, above ``engine``; this module joins the two.
+backend builds engines from that export (``medfake export tensorrt``'s cache, keyed by GPU,
+TensorRT version and profile) with profiles covering the job's batch and image size
+(``export.tensorrt_build.profile_for_job``). Exporting sits in ``export/``, above ``engine``;
+this module joins the two.
+
+Concurrent callers (ranks of one host, double launches) are safe: an export into the cache is
+built under a file lock named after it, in a temporary dir unique to the process, and a caller
+that waited finds it published.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Any, Callable
 
 from ..engine.core.paths import cache_dir
 from ..engine.diffusion.backends import LoadedModel
+from ..engine.diffusion.backends.components import JobShape
 from ..engine.diffusion.backends import load_model as _engine_load_model
 from ..engine.diffusion.backends.manifest import MANIFEST_NAME, ExportManifest
 from ..engine.diffusion.sd_model import model_hash
@@ -26,14 +33,18 @@ __all__ = ["load_model", "prepare_export"]
 
 def _export_cached(model_dir: str, sub: str, make: Callable[[str, str], Any]) -> Path:
     """Build an export of ``model_dir`` once under the cache (atomic: tmp dir then rename)."""
+    from filelock import FileLock
     root = cache_dir(sub)
     final = root / model_hash(model_dir)[:24]
-    if not final.exists():
-        tmp = root / (final.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info("no %s export of %s cached yet: exporting to %s", sub, model_dir, final)
-        make(model_dir, str(tmp))
-        os.replace(tmp, final)
+    if final.exists():
+        return final
+    with FileLock(str(root / f".{final.name}.lock")):
+        if not final.exists():
+            tmp = root / (final.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)   # only this pid's: a killed run of it
+            log.info("no %s export of %s cached yet: exporting to %s", sub, model_dir, final)
+            make(model_dir, str(tmp))
+            os.replace(tmp, final)
     return final
 
 
@@ -41,8 +52,9 @@ def _is_export(path: Path, kind: str) -> bool:
     return (path / MANIFEST_NAME).is_file() and ExportManifest.load(path).kind == kind
 
 
-def prepare_export(path: str, kind: str) -> str:
-    """An export dir of ``kind`` ("onnx" or "tensorrt") for a diffusers (or ONNX) dir, cached."""
+def prepare_export(path: str, kind: str, job: JobShape | None = None) -> str:
+    """An export dir of ``kind`` ("onnx" or "tensorrt") for a diffusers (or ONNX) dir, cached;
+    TensorRT engines get profiles that serve ``job`` (default: the model's native size)."""
     from ..export.onnx_export import export_onnx
     p = Path(path)
     onnx_dir = p if _is_export(p, "onnx") else _export_cached(path, "onnx", export_onnx)
@@ -50,9 +62,19 @@ def prepare_export(path: str, kind: str) -> str:
         return str(onnx_dir)
     if kind != "tensorrt":
         raise ValueError(f"unknown export kind {kind!r}; expected onnx or tensorrt")
-    from ..export.tensorrt_build import build_engines
-    source = ExportManifest.load(onnx_dir).source_hash[:24]
-    return str(build_engines(str(onnx_dir), str(cache_dir("tensorrt-run", source))))
+    from filelock import FileLock
+
+    from ..export.config import TensorRTBuildConfig
+    from ..export.tensorrt_build import build_engines, profile_for_job
+    src = ExportManifest.load(onnx_dir)
+    g = src.geometry
+    cfg = profile_for_job(job or JobShape(1, g.image_size, g.image_size), g, TensorRTBuildConfig())
+    key = f"{src.source_hash[:24]}-b{cfg.max_batch}-s{cfg.min_size}-{cfg.max_size}"
+    out = cache_dir("tensorrt-run", key)
+    with FileLock(str(out.parent / f".{key}.lock")):   # one builder per engine dir
+        if not _is_export(out, "tensorrt"):
+            build_engines(str(onnx_dir), str(out), cfg)
+    return str(out)
 
 
 def load_model(path: str, backend: str = "torch", **options) -> LoadedModel:

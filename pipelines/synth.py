@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..engine.core.capabilities import CapabilityError
 from ..engine.data.format import IMAGE_EXTS, Sample, shard_name
 from ..engine.data.reader import DatasetInfo
-from ..engine.diffusion.backends import BACKENDS, resolve_backend
+from ..engine.diffusion.backends import BACKENDS, check_engines_serve, resolve_backend
 from ..engine.diffusion.sd_model import model_hash
 from ..engine.diffusion.streams import (
     SamplerStreams,
@@ -181,6 +181,14 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
 
 # ----------------------------------------------------------------------------- running
 
+def synth_job_shape(cfg: SynthConfig, size: int):
+    """What the job asks of a backend: ``--batch-size`` images of ``size`` px per call, the
+    UNet's batch doubled under classifier-free guidance."""
+    from ..engine.diffusion.backends.components import JobShape
+    from ..engine.diffusion.sampler import uses_cfg
+    return JobShape(cfg.batch_size, size, size, uses_cfg(cfg.guidance_scale))
+
+
 def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> list:
     """Load the model on the backend once and return one sampler per stream (see
     ``engine.sampler_streams``); the streams share ``cfg.threads`` between them, and without
@@ -198,12 +206,13 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     streams = resolve_streams(cfg.streams, cfg.backend, device, threads, n_batches)
     per_stream = threads_per_stream(threads, streams)
     torch.set_num_threads(per_stream)
+    job = synth_job_shape(cfg, size)
     if cfg.backend == "torch":
         model = load_model(cfg.model_dir, "torch")
     else:
         opts = {"threads": per_stream} if cfg.backend == "onnx" else {}
         with FileLock(str(cache_dir("locks") / "export.lock")):
-            model = load_model(cfg.model_dir, cfg.backend, **opts)
+            model = load_model(cfg.model_dir, cfg.backend, job=job, **opts)
     scfg = SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.negative_prompt,
                          size, size)
     why = "as asked (--streams)" if cfg.streams else (
@@ -230,14 +239,17 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     loaded from ``cfg.model_dir`` on ``cfg.backend`` with the job's settings (to run several
     jobs on one loaded model); None loads it."""
     from dataclasses import replace
-    cfg = replace(cfg, backend=resolve_backend(cfg.backend))
+    real = DatasetInfo.load(cfg.real_dataset)
+    size = cfg.image_size or real.image_size
+    job = synth_job_shape(cfg, size)
+    cfg = replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    if cfg.backend == "tensorrt":   # engines that cannot serve the job: refuse before writing
+        check_engines_serve(cfg.model_dir, job)
     why = BACKENDS[cfg.backend].unavailable()
     if why:   # before the plan is stored with this backend
         raise CapabilityError(f"backend {cfg.backend!r} cannot run here: {why}. Use --backend "
                               f"onnx or torch, or see `medfake doctor`.")
     rank = resolve_rank(cfg.rank, cfg.world_size)
-    real = DatasetInfo.load(cfg.real_dataset)
-    size = cfg.image_size or real.image_size
     mode, curation = cfg.mode_config(), cfg.curation()
     curation.validate()
     templates, tokens = _prompt_templates(cfg, real)

@@ -96,7 +96,7 @@ def test_old_flag_spellings_and_choices_are_kept():
         "data phantoms": ["--size", "--public-per-class", "--test-per-class"],
         "gan train": ["--kind", "--size", "--lr-g", "--grid-every"],
         "gan sample": ["--gan", "--real", "--out", "--per-class", "--size"],
-        "export tensorrt": ["--batch", "--fp16", "--workspace-gb"],
+        "export tensorrt": ["--batch", "--size", "--fp16", "--strict-fp32", "--workspace-gb"],
         "run": ["--name", "--out-root"],
     }
     for command, flags in spellings.items():
@@ -192,10 +192,12 @@ def test_config_file_then_flags(tmp_path):
     assert cfg.mix == ("a:0.5", "b:1") and cfg.tensorboard is False
 
     a = build_parser().parse_args(["export", "tensorrt", "--onnx", "x", "--out", "y",
-                                   "--batch", "2:4:8"])
+                                   "--batch", "2:4:8", "--size", "256:512:768"])
     cfg = config_from_args(TensorRTBuildConfig, a, command="export tensorrt",
-                           **TensorRTBuildConfig.parse_batch(a.batch))
+                           **TensorRTBuildConfig.parse_batch(a.batch),
+                           **TensorRTBuildConfig.parse_size(a.size))
     assert (cfg.min_batch, cfg.opt_batch, cfg.max_batch, cfg.workspace_gb) == (2, 4, 8, 4.0)
+    assert (cfg.min_size, cfg.opt_size, cfg.max_size, cfg.strict_fp32) == (256, 512, 768, False)
 
     a = build_parser().parse_args(["data", "import", "--from", "csv", "m.csv", "--out", "o",
                                    "--class-names", "a,b", "--template", "{cls} x",

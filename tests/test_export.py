@@ -118,11 +118,32 @@ def test_tensorrt_profiles_cache_keys_and_cpu_refusal(exported, tmp_path):
         with pytest.raises(cap.CapabilityError, match="TensorRT"):
             build_engines(str(exported), str(tmp_path / "trt"), cfg)
         assert not (tmp_path / "trt" / "export_manifest.json").exists()
+        return
+    # A GPU with TensorRT: build, validate against ONNX, sample, and refuse a job outside
+    # the profile with the one clear error.
+    from medfake.engine.diffusion.backends.components import JobShape
+    from medfake.engine.diffusion.backends.trt_backend import EngineShapeError
+    out = build_engines(str(exported), str(tmp_path / "trt"), cfg)
+    m = ExportManifest.load(out, kind="tensorrt")
+    assert set(m.components) == set(ExportManifest.load(exported).components)
+    for name, entry in m.components.items():
+        assert [r["batch"] for r in entry["validation"]] == [2, 8], name
+        assert all(r["ok"] for r in entry["validation"]), name
+    scfg = SamplerConfig("dpm++", 2, 4.0, "", 64, 64)
+    ref = load_model(str(exported), "onnx", provider="cpu").sampler(scfg).generate(
+        ["a"] * 2, [0, 1], output="float")
+    got = load_model(str(out), "tensorrt").sampler(scfg).generate(["a"] * 2, [0, 1],
+                                                                  output="float")
+    assert float(np.abs(got - ref).max()) < 6e-2
+    with pytest.raises(EngineShapeError, match="cannot serve 9 image"):
+        load_model(str(out), "tensorrt", job=JobShape(9, 64, 64))
 
 
-def test_gpu_backends_and_providers_fail_clearly_without_gpu(exported):
-    if cap.cuda().available:
-        pytest.skip("this machine has a GPU; the CPU-refusal paths do not apply")
+def test_gpu_backends_and_providers_fail_clearly_without_gpu(exported, monkeypatch):
+    """The refusals a CPU machine gives, tested on every machine (a GPU machine is made to
+    look like one without CUDA)."""
+    monkeypatch.setattr(cap, "cuda", lambda: cap.Probe("cuda", False, "", "no CUDA device "
+                                                       "visible to torch"))
     from medfake.engine.diffusion.backends.ort_backend import select_providers
     assert select_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(cap.CapabilityError, match="CUDA GPU"):
@@ -130,6 +151,7 @@ def test_gpu_backends_and_providers_fail_clearly_without_gpu(exported):
     with pytest.raises(cap.CapabilityError, match="tensorrt"):
         load_model(str(exported), "tensorrt")
     assert resolve_backend("auto") in ("onnx", "torch")
+    assert resolve_backend("auto", str(exported)) == "onnx"
     from medfake.kernels.attention import resolve_attention
     with pytest.raises(RuntimeError, match="xformers"):
         resolve_attention("xformers", "cpu")

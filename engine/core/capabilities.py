@@ -74,7 +74,8 @@ def xformers() -> Probe:
         import xformers.ops  # noqa: F401
     except Exception as e:
         return Probe("xformers", False, "", f"not importable ({type(e).__name__}): "
-                     "pip install 'medfake[gpu]'")
+                     "pip install 'medfake[xformers]' (its wheel pins one torch: only with "
+                     "that torch)")
     return Probe("xformers", True, _version("xformers"),
                  "" if cuda().available else "installed, but its attention has no CPU kernel")
 

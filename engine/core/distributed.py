@@ -115,12 +115,41 @@ def backend_for_device() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def local_device_index(env: DistEnv, device_count: int) -> int:
+    """The CUDA device (index among the visible ones) of the process ``env`` describes: its
+    local rank (torchrun/deepspeed ``LOCAL_RANK``, srun ``SLURM_LOCALID``) modulo the visible
+    devices. A launcher that already narrowed ``CUDA_VISIBLE_DEVICES`` to one GPU per process
+    (SLURM ``--gpus-per-task``, array tasks) leaves one device, so every rank takes index 0.
+    More local ranks than devices share them round-robin (logged as a warning)."""
+    if device_count < 1:
+        raise ValueError("no CUDA device to map ranks to")
+    if env.local_world_size > device_count > 1 or (env.local_rank >= device_count > 1):
+        log.warning("%d local ranks share %d visible GPUs: local rank %d uses GPU %d",
+                    env.local_world_size, device_count, env.local_rank,
+                    env.local_rank % device_count)
+    return env.local_rank % device_count
+
+
+def cuda_device_index(environ: dict | None = None) -> int | None:
+    """This process's CUDA device index from the launcher's environment, or None without
+    CUDA. Every GPU path (torch, ONNX Runtime's ``device_id``, TensorRT) uses this one."""
+    if not torch.cuda.is_available():
+        return None
+    return local_device_index(detect_env(environ), torch.cuda.device_count())
+
+
 def device_for(env: DistEnv) -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA is available (and selects it), else CPU."""
+    """``cuda:LOCAL_RANK`` (see ``local_device_index``) when CUDA is available, and selects
+    it as the current device; else CPU."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(local_device_index(env, torch.cuda.device_count()))
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def job_device(environ: dict | None = None) -> torch.device:
+    """The device this process should compute on (``device_for`` of the detected launcher)."""
+    return device_for(detect_env(environ))
 
 
 def init_process_group(env: DistEnv, timeout_s: float = 1800.0) -> None:

@@ -26,9 +26,13 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; an explicit CUDA device without CUDA is an error."""
+    """``auto`` -> this process's GPU (``LOCAL_RANK``/``SLURM_LOCALID``, see
+    ``core.distributed.cuda_device_index``) if CUDA is available, else cpu; an explicit CUDA
+    device without CUDA is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from ..core.distributed import cuda_device_index
+        index = cuda_device_index()
+        return torch.device("cpu") if index is None else torch.device("cuda", index)
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but torch.cuda.is_available() is False (no GPU "

@@ -10,5 +10,6 @@ def _doctor(a: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    dr = sub.add_parser("doctor", help="what this machine can run, and which backend each stage uses")
+    dr = sub.add_parser("doctor", help="what this machine can run: backend per stage, GPU paths, "
+                        "and the GPU each rank of this launch will use")
     dr.set_defaults(fn=_doctor)

@@ -16,7 +16,8 @@ def _onnx(a: argparse.Namespace) -> None:
 def _tensorrt(a: argparse.Namespace) -> None:
     from ...export.tensorrt_build import build_engines
     batch = TensorRTBuildConfig.parse_batch(a.batch) if a.batch else {}
-    cfg = config_from_args(TensorRTBuildConfig, a, command="export tensorrt", **batch)
+    size = TensorRTBuildConfig.parse_size(a.size) if a.size else {}
+    cfg = config_from_args(TensorRTBuildConfig, a, command="export tensorrt", **batch, **size)
     print(build_engines(a.onnx, a.out, cfg))
 
 
@@ -41,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = TensorRTBuildConfig()
     et.add_argument("--batch", metavar="MIN:OPT:MAX", help=f"images per call (default: "
                     f"{d.min_batch}:{d.opt_batch}:{d.max_batch})")
+    et.add_argument("--size", metavar="MIN:OPT:MAX", help="image side in pixels the engines "
+                    "serve (default: the model's native size only)")
     add_config_args(et, TensorRTBuildConfig)
     et.set_defaults(fn=_tensorrt)
 

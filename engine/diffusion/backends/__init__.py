@@ -12,16 +12,24 @@ the onnx and tensorrt backends call the ``prepare(path, kind)`` hook passed to `
 which returns an export dir of ``kind`` ("onnx" or "tensorrt"). Jobs pass
 ``medfake.pipelines.models.prepare_export`` (export once, cached by model hash); without a hook
 a diffusers dir on those backends is a ``ModelDirError`` naming the export command.
-- ``auto``: the fastest backend this machine can run (tensorrt > onnx > torch).
+- ``auto``: the fastest backend this machine can run (tensorrt > onnx > torch), where
+  tensorrt counts only for an engine dir whose profiles serve the job (``job``: batch and image
+  size): auto never starts a TensorRT build, and never picks engines that would refuse the job.
+
+Every GPU backend computes on this process's GPU (``core.distributed.cuda_device_index``:
+``LOCAL_RANK`` / ``SLURM_LOCALID`` modulo the visible devices), never on GPU 0 by default.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...core import capabilities as cap
+
+if TYPE_CHECKING:   # components imports torch; this module stays light for the CLI
+    from .components import JobShape
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +63,21 @@ def _is_export(path: Path, kind: str) -> bool:
     return (path / MANIFEST_NAME).is_file() and ExportManifest.load(path).kind == kind
 
 
-def _load_torch(path: str, device: str | None = None, attention: str = "auto", **_) -> LoadedModel:
+def default_device() -> str:
+    """``cuda:N`` for this process's GPU (see ``core.distributed.cuda_device_index``), else cpu."""
+    from ...core.distributed import cuda_device_index
+    index = cuda_device_index() if cap.cuda().available else None
+    return "cpu" if index is None else f"cuda:{index}"
+
+
+def _load_torch(path: str, device: str | None = None, attention: str = "auto",
+                dtype=None, **_) -> LoadedModel:
+    import torch
+
     from ..sd_model import load_components, model_hash
     from .torch_backend import TorchBackend
-    device = device or ("cuda" if cap.cuda().available else "cpu")
-    comps = load_components(path, device=device)
+    device = device or default_device()
+    comps = load_components(path, device=device, dtype=dtype or torch.float32)
     b = TorchBackend(comps, attention=attention)
     return LoadedModel(b, comps.tokenizer, dict(comps.scheduler.config), model_hash(path), "torch",
                        {"attention": b.attention, "fused_groupnorm_silu": b.fused})
@@ -74,10 +92,12 @@ def _tokenizer_and_scheduler(export_dir: Path) -> tuple[Any, dict]:
     return tok, sched
 
 
-Prepare = Callable[[str, str], str]   # (diffusers dir, "onnx" | "tensorrt") -> export dir
+# (diffusers dir, "onnx" | "tensorrt", job or None) -> export dir (engines serving the job)
+Prepare = Callable[[str, str, "JobShape | None"], str]
 
 
-def _prepared(path: str, kind: str, prepare: Prepare | None) -> Path:
+def _prepared(path: str, kind: str, prepare: Prepare | None, job: JobShape | None = None
+              ) -> Path:
     """``path`` if it is an export of ``kind``, else what ``prepare`` makes of it."""
     p = Path(path)
     if _is_export(p, kind):
@@ -89,25 +109,26 @@ def _prepared(path: str, kind: str, prepare: Prepare | None) -> Path:
         raise ModelDirError(f"{path} is not a {kind} export, which the {kind} backend runs. "
                             f"Export it first (`medfake export onnx --model {path} --out DIR`"
                             f"{then}) and pass that dir, or load it through a medfake job")
-    return Path(prepare(path, kind))
+    return Path(prepare(path, kind, job))
 
 
 def _load_onnx(path: str, provider: str = "auto", threads: int | None = None,
-               prepare: Prepare | None = None, **_) -> LoadedModel:
+               prepare: Prepare | None = None, job: JobShape | None = None, **_) -> LoadedModel:
     from .ort_backend import OrtBackend
     p = _prepared(path, "onnx", prepare)
-    b = OrtBackend(str(p), provider=provider, threads=threads)
+    b = OrtBackend(str(p), provider=provider, threads=threads, job=job)
     tok, sched = _tokenizer_and_scheduler(p)
     return LoadedModel(b, tok, sched, b.manifest.source_hash, "onnx",
-                       {"export_dir": str(p), "providers": [x if isinstance(x, str) else x[0]
-                                                            for x in b.providers]})
+                       {"export_dir": str(p), "providers": b.actual_providers["unet"],
+                        "device": str(b.device)})
 
 
-def _load_tensorrt(path: str, prepare: Prepare | None = None, **_) -> LoadedModel:
+def _load_tensorrt(path: str, prepare: Prepare | None = None, job: JobShape | None = None,
+                   **_) -> LoadedModel:
     from .trt_backend import TrtBackend
     cap.require_tensorrt("the tensorrt backend")
-    p = _prepared(path, "tensorrt", prepare)
-    b = TrtBackend(str(p))
+    p = _prepared(path, "tensorrt", prepare, job)
+    b = TrtBackend(str(p), job=job)
     tok, sched = _tokenizer_and_scheduler(p)
     return LoadedModel(b, tok, sched, b.manifest.source_hash, "tensorrt", {"engine_dir": str(p)})
 
@@ -135,24 +156,61 @@ BACKENDS: dict[str, BackendSpec] = {
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
-def resolve_backend(name: str) -> str:
-    """``auto`` -> the fastest runnable backend; otherwise validate the name."""
+def tensorrt_serves(path: str | None, job: JobShape | None) -> str | None:
+    """None when ``path`` is a TensorRT engine dir whose profiles serve ``job``, else why not
+    (``auto`` picks tensorrt only then: anything else would build engines or refuse the job)."""
+    if path is None:
+        return "no engine dir given (a diffusers dir would need a TensorRT build)"
+    if not _is_export(Path(path), "tensorrt"):
+        return f"{path} is not a TensorRT engine dir (auto does not start a TensorRT build)"
+    if job is None:
+        return None
+    from .manifest import ExportManifest
+    from .trt_backend import job_misfit
+    why = job_misfit(ExportManifest.load(path), job)
+    return None if why is None else f"its engines cannot serve the job: {why}"
+
+
+def check_engines_serve(path: str, job: JobShape) -> None:
+    """For a TensorRT engine dir ``path``: ``EngineShapeError`` (one message with the rebuild
+    command) unless its profiles serve ``job``; anything else passes (it is built to fit)."""
+    if not _is_export(Path(path), "tensorrt"):
+        return
+    from .manifest import ExportManifest
+    from .trt_backend import EngineShapeError, job_misfit, rebuild_hint
+    why = job_misfit(ExportManifest.load(path), job)
+    if why:
+        raise EngineShapeError(f"the TensorRT engines in {path} cannot serve {job.batch} "
+                               f"image(s) per call of {job.height}x{job.width}: {why}; "
+                               f"{rebuild_hint(job)}")
+
+
+def resolve_backend(name: str, path: str | None = None, job: JobShape | None = None) -> str:
+    """``auto`` -> the fastest runnable backend for ``path`` and ``job`` (see the module doc);
+    otherwise validate the name."""
     if name == "auto":
         for cand in ("tensorrt", "onnx", "torch"):
-            if BACKENDS[cand].unavailable() is None:
-                return cand
+            if BACKENDS[cand].unavailable() is not None:
+                continue
+            if cand == "tensorrt":
+                why = tensorrt_serves(path, job)
+                if why:
+                    log.info("--backend auto: not tensorrt: %s", why)
+                    continue
+            return cand
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
     return name
 
 
 def load_model(path: str, backend: str = "torch", *, prepare: Prepare | None = None,
-               **options) -> LoadedModel:
+               job: JobShape | None = None, **options) -> LoadedModel:
     """Load ``path`` (diffusers dir or an export dir) on ``backend``; ``prepare`` turns a
-    diffusers dir into the export the onnx/tensorrt backends need (see the module doc)."""
-    name = resolve_backend(backend)
+    diffusers dir into the export the onnx/tensorrt backends need (see the module doc).
+    ``job``: the largest batch and size the model will sample (TensorRT profiles)."""
+    name = resolve_backend(backend, path, job)
     why = BACKENDS[name].unavailable()
     if why:
         raise cap.CapabilityError(f"backend {name!r} cannot run here: {why}. Use --backend "
                                   f"onnx or torch, or see `medfake doctor`.")
-    return BACKENDS[name].load(path, prepare=prepare, **options)
+    return BACKENDS[name].load(path, prepare=prepare, job=job, **options)

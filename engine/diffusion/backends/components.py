@@ -16,6 +16,10 @@ from torch import nn
 from ..sd_model import SDComponents
 
 COMPONENT_NAMES = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# Inputs that stay float32 in fp16 graphs and fp16 TensorRT engines: the UNet's timestep is
+# fractional under DPM++/Euler (980.7), and fp16 has 0.5 steps above 512. diffusers builds the
+# sinusoidal embedding in float32 and casts the embedding, not the timestep.
+FP32_INPUTS = {"unet": ("timestep",)}
 
 
 class TextEncoderGraph(nn.Module):
@@ -136,3 +140,61 @@ SPECS: dict[str, ComponentSpec] = {
     "vae_decoder": ComponentSpec("vae_decoder", lambda c: VaeDecoderGraph(c.vae), ("latent",),
                                  "image", {"latent": _HW}, _vae_dec_example),
 }
+
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What a sampling job asks of a backend: at most ``batch`` images per sampler call of
+    ``height`` x ``width`` pixels; ``guidance`` (classifier-free guidance above 1) doubles the
+    UNet's batch. Engines with fixed optimisation profiles check they can serve it."""
+
+    batch: int
+    height: int
+    width: int
+    guidance: bool = True
+
+    def component_batch(self, component: str) -> int:
+        """The largest batch ``component`` sees in this job."""
+        return 2 * self.batch if component == "unet" and self.guidance else self.batch
+
+
+def input_shapes(component: str, g: ModelGeometry, batch: int, height: int | None = None,
+                 width: int | None = None) -> dict[str, Shape]:
+    """Concrete input shapes of ``component`` at ``batch`` images of ``height`` x ``width``
+    pixels (default: the model's native size). Sizes must be multiples of the VAE factor."""
+    h, w = height or g.image_size, width or g.image_size
+    f = g.vae_scale_factor
+    if h % f or w % f:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the VAE factor {f}")
+    if component == "text_encoder":
+        return {"input_ids": (batch, g.text_length)}
+    if component == "unet":
+        return {"sample": (batch, g.unet_in_channels, h // f, w // f), "timestep": (),
+                "encoder_hidden_states": (batch, g.text_length, g.text_dim)}
+    if component == "vae_encoder":
+        return {"image": (batch, g.image_channels, h, w)}
+    if component == "vae_decoder":
+        return {"latent": (batch, g.latent_channels, h // f, w // f)}
+    raise ValueError(f"unknown component {component!r}; choose from {COMPONENT_NAMES}")
+
+
+def job_input_shapes(component: str, g: ModelGeometry, job: JobShape) -> list[dict[str, Shape]]:
+    """The extreme input shapes ``component`` sees in ``job`` (batch 1 and its largest batch;
+    the text encoder also encodes the negative prompt alone)."""
+    return [input_shapes(component, g, b, job.height, job.width)
+            for b in sorted({1, job.component_batch(component)})]
+
+
+def profile_misfit(profile: dict[str, list], shapes: dict[str, Shape]) -> str | None:
+    """None when every input shape lies inside its ``[min, opt, max]`` profile range, else a
+    sentence naming the first input that does not fit."""
+    for name, shape in shapes.items():
+        if name not in profile:
+            return f"the engine has no profile for input {name!r}"
+        lo, _, hi = (tuple(s) for s in profile[name])
+        if len(lo) != len(shape) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return f"input {name} shape {tuple(shape)} is outside the profile {lo}..{hi}"
+    return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ class ExportManifest:
     def save(self, out_dir: str | os.PathLike) -> Path:
         path = Path(out_dir) / MANIFEST_NAME
         d = {"format": FORMAT, **asdict(self)}
-        tmp = path.with_name(path.name + ".tmp")
+        # unique per process and thread: concurrent writers never share a temporary file
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(json.dumps(d, indent=1) + "\n")
         os.replace(tmp, path)
         return path

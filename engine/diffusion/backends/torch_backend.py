@@ -14,7 +14,9 @@ class TorchBackend:
     """The three networks in eager mode. ``attention`` picks the attention kernel (``auto``:
     xformers on CUDA when installed, PyTorch SDPA otherwise; see ``kernels.attention``);
     ``fused_kernels`` swaps in the Triton GroupNorm+SiLU kernel (CUDA only, a logged no-op on
-    CPU)."""
+    CPU). The modules may be fp16/bf16 (``load_components(dtype=...)``): inputs are cast to
+    the module's dtype (the timestep stays float32, as diffusers embeds it in float32) and
+    outputs are returned as float32, so the sampler's arithmetic is unchanged."""
 
     name = "torch"
 
@@ -38,16 +40,18 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.comps.text_encoder(input_ids.to(self.device))[0]
+        return self.comps.text_encoder(input_ids.to(self.device))[0].float()
 
     @torch.inference_mode()
     def unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.comps.unet(latents, t, encoder_hidden_states=text).sample
+        dt = self.comps.unet.dtype
+        return self.comps.unet(latents.to(dt), t, encoder_hidden_states=text.to(dt)).sample.float()
 
     @torch.inference_mode()
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.comps.vae.encode(images.to(self.device)).latent_dist.parameters
+        x = images.to(self.device, self.comps.vae.dtype)
+        return self.comps.vae.encode(x).latent_dist.parameters.float()
 
     @torch.inference_mode()
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.comps.vae.decode(latents).sample
+        return self.comps.vae.decode(latents.to(self.comps.vae.dtype)).sample.float()
