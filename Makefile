@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfake-installed
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,openvino
 CONSTRAINTS ?= constraints.txt
 PYTEST_ARGS ?=
 

@@ -32,6 +32,8 @@ EXTRAS = {
     "dev": ["pytest", "pytest-benchmark"],
     # offline text detection on imported pixels (--detect-text): PP-OCR models ship in the wheel
     "ocr": ["rapidocr>=3.10"],
+    # the openvino backend: OpenVINO's CPU plugin on the ONNX export (fp32; bf16 where native)
+    "openvino": ["openvino>=2024.6"],
 }
 
 setup(

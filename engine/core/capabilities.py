@@ -108,6 +108,33 @@ def deepspeed() -> Probe:
 
 
 @functools.cache
+def openvino() -> Probe:
+    """OpenVINO runtime (``medfake[openvino]``); detail: its CPU's optimisation capabilities."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return Probe("openvino", False, "", "not installed: pip install 'medfake[openvino]'")
+    try:
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception as e:  # a broken install: say so rather than fail later
+        return Probe("openvino", False, ov.__version__, f"CPU plugin unusable: {e}")
+    return Probe("openvino", True, ov.__version__.split("-")[0],
+                 "CPU capabilities " + ", ".join(str(c) for c in caps))
+
+
+def openvino_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin reports native bf16 on this CPU (AVX512_BF16 or AMX)."""
+    o = openvino()
+    return o.available and "BF16" in o.detail.split("capabilities ", 1)[-1].split(", ")
+
+
+def require_openvino(what: str) -> None:
+    o = openvino()
+    if not o.available:
+        raise CapabilityError(f"{what} needs OpenVINO, which is {o.detail}.")
+
+
+@functools.cache
 def rapidocr() -> Probe:
     """The optional offline text detector (``rapidocr``, its PP-OCR ONNX models in the wheel,
     run on the installed ONNX Runtime)."""
@@ -153,4 +180,4 @@ def require_onnxruntime(what: str) -> None:
 def all_probes() -> list[Probe]:
     import torch
     return [Probe("torch", True, torch.__version__, f"{torch.get_num_threads()} CPU threads"),
-            cuda(), onnxruntime(), tensorrt(), xformers(), triton(), deepspeed()]
+            cuda(), onnxruntime(), openvino(), tensorrt(), xformers(), triton(), deepspeed()]

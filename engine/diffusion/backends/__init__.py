@@ -6,6 +6,8 @@
 - ``torch``: PyTorch eager on a diffusers SD directory.
 - ``onnx``: ONNX Runtime on an export dir (``medfake export onnx``).
 - ``tensorrt``: native TensorRT on an engine dir (``medfake export tensorrt``). Needs a GPU.
+- ``openvino``: OpenVINO's CPU plugin on the same ONNX export, fp32 or bf16 (``precision``;
+  bf16 only on a CPU with native bf16). Needs ``medfake[openvino]``.
 
 Exporting is not this layer's job (``export`` sits above ``engine``): given a diffusers dir,
 the onnx and tensorrt backends call the ``prepare(path, kind)`` hook passed to ``load_model``,
@@ -123,6 +125,22 @@ def _load_onnx(path: str, provider: str = "auto", threads: int | None = None,
                         "device": str(b.device)})
 
 
+def _load_openvino(path: str, precision: str = "auto", threads: int | None = None,
+                   prepare: Prepare | None = None, job: JobShape | None = None,
+                   **_) -> LoadedModel:
+    from .ov_backend import OpenVinoBackend
+    p = _prepared(path, "onnx", prepare, job)
+    b = OpenVinoBackend(str(p), precision=precision, threads=threads)
+    tok, sched = _tokenizer_and_scheduler(p)
+    return LoadedModel(b, tok, sched, b.manifest.source_hash, "openvino",
+                       {"export_dir": str(p), "precision": b.precision})
+
+
+def _ov_unavailable() -> str | None:
+    o = cap.openvino()
+    return None if o.available else f"OpenVINO {o.detail}"
+
+
 def _load_tensorrt(path: str, prepare: Prepare | None = None, job: JobShape | None = None,
                    **_) -> LoadedModel:
     from .trt_backend import TrtBackend
@@ -152,6 +170,8 @@ BACKENDS: dict[str, BackendSpec] = {
                         _load_onnx, _ort_unavailable),
     "tensorrt": BackendSpec("tensorrt", "native TensorRT engines", _load_tensorrt,
                             _trt_unavailable),
+    "openvino": BackendSpec("openvino", "OpenVINO CPU plugin on the ONNX export (fp32/bf16)",
+                            _load_openvino, _ov_unavailable),
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
