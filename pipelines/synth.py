@@ -152,6 +152,12 @@ def _class_counts(cfg: SynthConfig, real: DatasetInfo) -> tuple[tuple[int, ...],
     return tuple(k * int(have.get(c, 0)) for c in real.class_names), {"per_real": k}
 
 
+def _openvino_precision(requested: str) -> str:
+    """The precision an openvino job runs at on this machine (part of the job's identity)."""
+    from ..engine.diffusion.backends.ov_backend import resolve_precision
+    return resolve_precision(requested)
+
+
 def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig,
                 quantity: dict[str, int], templates: dict, tokens: dict, mhash: str,
                 curation: CurationConfig) -> dict[str, Any]:
@@ -169,6 +175,8 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
             "negative_prompt": cfg.negative_prompt, "image_size": size, "channels": real.channels,
             "image_format": cfg.image_format, "quality": cfg.quality,
             "samples_per_shard": cfg.samples_per_shard, "backend": cfg.backend,
+            **({"precision": _openvino_precision(cfg.precision)}
+               if cfg.backend == "openvino" else {}),
             "model_hash": mhash, "class_names": list(real.class_names),
             "prompt_templates": templates, "class_prompt_templates": real.prompt_templates,
             **({"identifier_tokens": tokens} if tokens else {}),
@@ -210,7 +218,9 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     if cfg.backend == "torch":
         model = load_model(cfg.model_dir, "torch")
     else:
-        opts = {"threads": per_stream} if cfg.backend == "onnx" else {}
+        opts = {"threads": per_stream} if cfg.backend in ("onnx", "openvino") else {}
+        if cfg.backend == "openvino":
+            opts["precision"] = cfg.precision
         with FileLock(str(cache_dir("locks") / "export.lock")):
             model = load_model(cfg.model_dir, cfg.backend, job=job, **opts)
     scfg = SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.negative_prompt,
@@ -295,6 +305,7 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
     base = {"source": "synthetic", "generator": "diffusion", "model_hash": plan.params["model_hash"],
             "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
             "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "backend": cfg.backend,
+            "precision": getattr(samplers[0].backend, "precision", "fp32"),
             "split": "train", "mode": mode.mode}
     r = result.rank
     bar = tqdm(total=sum(plan.shard_size(i) for i in todo), unit="img", smoothing=0.1,

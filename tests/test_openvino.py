@@ -81,3 +81,25 @@ def test_not_installed_is_one_clear_error(exported, monkeypatch):
     assert "medfake[openvino]" in BACKENDS["openvino"].unavailable()
     with pytest.raises(cap.CapabilityError, match=r"medfake\[openvino\]"):
         engine_load_model(str(exported), "openvino")
+
+
+def test_synth_on_openvino_records_backend_and_precision(exported, tiny, small_world, tmp_path):
+    """`medfake synth --backend openvino` writes shards whose every sample says at what
+    precision it was made (as every backend's samples do); the precision is in the job's
+    identity."""
+    import json
+
+    from medfake.engine.data.reader import load_split
+    from medfake.pipelines.synth import SynthConfig, run_job
+    _, hospital = small_world
+    for backend, model in (("openvino", exported), ("torch", tiny)):
+        out = tmp_path / backend
+        res = run_job(SynthConfig(str(model), str(hospital), str(out), per_class=2, steps=2,
+                                  samples_per_shard=4, batch_size=2, backend=backend,
+                                  threads=2))
+        assert res.complete
+        metas = load_split(out, "train").metas
+        assert {(m["backend"], m["precision"]) for m in metas} == {(backend, "fp32")}
+    plan = json.loads((tmp_path / "openvino" / "synth_plan.json").read_text())
+    assert plan["precision"] == "fp32" and "precision" not in json.loads(
+        (tmp_path / "torch" / "synth_plan.json").read_text())

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from ...engine.core.config import JobConfig, option
 
 MODES = ("txt2img", "inpaint", "outpaint", "inpaint-outpaint")
-BACKEND_CHOICES = ("auto", "torch", "onnx", "tensorrt")  # engine.diffusion.backends (torch)
+BACKEND_CHOICES = ("auto", "torch", "onnx", "tensorrt", "openvino")  # engine.diffusion.backends (torch)
 
 
 @dataclass
@@ -41,7 +41,11 @@ class SynthConfig(JobConfig):
     backend: str = option("auto", "auto (default): the fastest this machine runs (`medfake "
                           "doctor`); torch: PyTorch eager; onnx: ONNX Runtime (exports and caches "
                           "the model on first use, or give an export dir as --model); tensorrt: "
-                          "GPU engines", choices=BACKEND_CHOICES)
+                          "GPU engines; openvino: OpenVINO on the ONNX export (CPU)",
+                          choices=BACKEND_CHOICES)
+    precision: str = option("auto", "openvino backend: fp32, bf16 (only on a CPU with native "
+                            "bf16) or auto (bf16 where native, else fp32)",
+                            choices=("auto", "fp32", "bf16"))
     mask: str = option("lesion", "inpainting masks centred on the lesion, or anywhere",
                        choices=("lesion", "random"))
     mask_shape: str = option("any", "inpainting mask shape", choices=("box", "ellipse", "any"))

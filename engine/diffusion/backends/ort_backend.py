@@ -222,6 +222,12 @@ class OrtBackend:
         b, _, h, w = shapes["latent"]
         return (b, g.image_channels, h * f, w * f)
 
+    @property
+    def precision(self) -> str:
+        """The export's precision (``fp16`` graphs run in fp16 on every provider; an fp32
+        export also on the TensorRT EP, whose fp16 is enabled only for fp16 exports)."""
+        return self.manifest.precision
+
     def _run(self, name: str, feeds: dict[str, torch.Tensor], out_shape: tuple[int, ...],
              out_name: str | None = None) -> torch.Tensor:
         sess = self.sessions[name]

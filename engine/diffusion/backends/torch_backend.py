@@ -38,6 +38,12 @@ class TorchBackend:
             from ....kernels.groupnorm_silu import patch_resnets
             self.fused = patch_resnets(comps.unet) + patch_resnets(comps.vae)
 
+    @property
+    def precision(self) -> str:
+        """The UNet's compute precision (recorded in every sample's provenance)."""
+        return {torch.float32: "fp32", torch.float16: "fp16",
+                torch.bfloat16: "bf16"}.get(self.comps.unet.dtype, str(self.comps.unet.dtype))
+
     @torch.inference_mode()
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.comps.text_encoder(input_ids.to(self.device))[0].float()

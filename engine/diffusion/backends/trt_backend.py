@@ -143,6 +143,7 @@ class TrtBackend:
                  device_index: int | None = None):
         cap.require_tensorrt("the tensorrt backend")
         self.manifest = ExportManifest.load(engine_dir, kind="tensorrt")
+        self.precision = self.manifest.precision   # recorded in every sample's provenance
         g = self.manifest.geometry
         self.geometry = g
         self.latent_channels, self.vae_scale_factor = g.latent_channels, g.vae_scale_factor
