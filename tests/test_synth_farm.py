@@ -248,7 +248,7 @@ def test_status_reports_and_repairs_a_damaged_job(model_dir, small_world, refere
     (out / "train-000003.tar").write_bytes((out / "train-000003.tar").read_bytes()[:1500])
     (out / ".train-000004.tar.tmp-otherhost-123").write_bytes(b"partial")
     with pytest.raises(SystemExit) as e:
-        main(["synth", "status", str(out), "--world-size", "2"])
+        main(["synth", "status", str(out), "--world-size", "2", "--checksums"])
     assert e.value.code == 1
     text = capsys.readouterr().out
     assert "6 done, 1 missing, 2 corrupt" in text
