@@ -130,6 +130,9 @@ class ShardWriter:
                                     f"before is intact. Free space and re-run the same command."
                                     ) from e
             raise
+        except BaseException:
+            self.abort()
+            raise
 
     def _accept_existing(self, digest: str) -> None:
         """Another writer published this shard first: fine if it holds exactly our bytes."""
