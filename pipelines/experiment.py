@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..engine.core.atomic import atomic_write_bytes, fsync_dir
 from ..engine.data.format import SplitArrays
 from ..engine.data.reader import load_split
 from ..engine.core.atomic import sha256_file
@@ -129,9 +130,7 @@ def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArra
 
 def _atomic_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
 def _settings(arm: Arm, seed: int, cfg: ExperimentConfig, data: ExperimentData) -> dict:
@@ -186,7 +185,10 @@ def write_csv(rows: list[dict], class_names: list[str], path: Path) -> None:
                 flat[f"sensitivity_{c}"] = r["sensitivity"][c]
                 flat[f"specificity_{c}"] = r["specificity"][c]
             w.writerow(flat)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,

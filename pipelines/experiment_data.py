@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.core.atomic import fsync_dir
 from ..engine.data.reader import DatasetInfo, load_split
 from ..engine.data.writer import DatasetWriter
 from ..engine.data.format import Sample, SplitArrays
@@ -221,6 +222,7 @@ class ExperimentData:
                                       sub.captions[i], sub.metas[i]))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
         return out
 
     # ------------------------------------------------------------------ one arm

@@ -15,17 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from medfake.engine.data.reader import DatasetInfo, iter_tar_samples, load_split
-from medfake.engine.data.format import Sample
 from medfake.engine.core.atomic import sha256_file
+from medfake.engine.data.format import Sample
+from medfake.engine.data.reader import DatasetInfo, iter_tar_samples, load_split
 from medfake.engine.data.writer import write_shard
 from medfake.engine.diffusion.inpainting import render_mask, resize_image
 from medfake.engine.diffusion.sd_model import init_model
-from medfake.engine.synth.shard_pool import ShardPool, ShardWriter, encode_sample, tar_header
-from medfake.engine.synth.plan import Segment, SynthPlan, open_plan, resolve_rank
+from medfake.engine.synth.plan import (
+    PlanMismatchError,
+    Segment,
+    SynthPlan,
+    open_plan,
+    plan_samples,
+    resolve_rank,
+)
+from medfake.engine.synth.shard_pool import (
+    ShardPool,
+    ShardWriter,
+    encode_sample,
+    tar_header,
+)
 from medfake.pipelines.cli import main
-from medfake.engine.synth.plan import PlanMismatchError, plan_samples
 from medfake.pipelines.synth import SynthConfig, run_job, synth_status, synthesize
 
 # The farm job every subprocess test runs: 36 samples in 9 shards of 4.
@@ -389,8 +399,13 @@ def test_live_writers_temporaries_are_never_stray_and_publish_never_replaces(tmp
     live: never listed as stray. Two writers of one shard: identical bytes are accepted,
     different bytes are refused naming this writer, the published shard untouched."""
     from medfake.engine.core.errors import DatasetError
-    from medfake.engine.synth.files import (_HOST, live_temporaries, open_locked,
-                                            stray_temporaries, temp_name)
+    from medfake.engine.synth.files import (
+        _HOST,
+        live_temporaries,
+        open_locked,
+        stray_temporaries,
+        temp_name,
+    )
     held = open_locked(temp_name(tmp_path / "train-000000.tar"))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -332,10 +332,10 @@ class ClipStream(IterableDataset):
         if len(pos) == 2:
             pos.extend([0, pos[1]])
         while True:
-            p, _, w, skip = pos
+            p, _, first, skip = pos
             urls = self._pass_urls(si, slot, role, p)
             got = 0
-            for w in range(w, -(-len(urls) // g)):
+            for w in range(first, -(-len(urls) // g)):
                 replay.on = skip > 0
                 recs = self._read_window(si, slot, urls[w * g:(w + 1) * g], handler)
                 replay.on = False

@@ -22,7 +22,7 @@ import torch
 
 PRESET_DIR = Path(__file__).parents[1] / "presets" / "diffusion"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_HASH_CACHE = ".medfake_hash.json"
+_HASH_CACHE = ".medfake_hash.json"   # in-dir hash cache of older versions; removed on save
 
 
 class ModelDirError(ValueError):
@@ -277,19 +277,25 @@ def load_components(model_dir: str | os.PathLike, device: str = "cpu",
 def model_hash(model_dir: str | os.PathLike) -> str:
     """sha256 over model_index.json and every component's files (weights and configs).
 
-    Cached in ``<dir>/.medfake_hash.json`` keyed by (path, size, mtime), so re-hashing a
-    multi-GB checkpoint is instant while any change to a file invalidates it.
+    Cached under the medfake cache dir (``model_hash/<sha of the path>.json``), keyed by the
+    resolved path and every file's (name, size, mtime): re-hashing a multi-GB checkpoint is
+    instant, any change to a file invalidates it, and nothing is ever written into the user's
+    model directory (read-only or shared by many ranks). The cache is written atomically;
+    ranks racing on it write identical content.
     """
+    from ..core.atomic import atomic_write_json
+    from ..core.paths import cache_dir
     d = check_model_dir(model_dir)
     files = [d / "model_index.json"] + sorted(
         p for c in COMPONENTS for p in (d / c).rglob("*") if p.is_file())
     stamp = [[str(p.relative_to(d)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = d / _HASH_CACHE
+    where = str(d.resolve())
+    cache = cache_dir("model_hash") / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
     try:
         cached = json.loads(cache.read_text())
-        if cached["stamp"] == stamp:
+        if cached["path"] == where and cached["stamp"] == stamp:
             return cached["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     h = hashlib.sha256()
     for p in files:
@@ -299,7 +305,7 @@ def model_hash(model_dir: str | os.PathLike) -> str:
                 h.update(chunk)
     digest = h.hexdigest()
     try:
-        cache.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
-    except OSError:  # read-only model dir: hashing still works, just not cached
+        atomic_write_json(cache, {"path": where, "stamp": stamp, "sha256": digest})
+    except OSError:  # read-only cache: hashing still works, just not cached
         pass
     return digest

@@ -44,7 +44,7 @@ def writer_id() -> str:
 def open_locked(path: Path, buffering: int = -1) -> BinaryIO:
     """Create ``path`` for writing and hold an exclusive ``flock`` on it until it is closed
     (or the process dies): ``temp_is_live`` then reports it as a live writer's file."""
-    f = open(path, "wb", buffering=buffering)
+    f = open(path, "wb", buffering=buffering)  # noqa: SIM115 (returned open, locked)
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
