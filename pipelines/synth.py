@@ -47,13 +47,7 @@ from ..engine.synth.plan import (
 )
 from ..engine.synth.shard_pool import PoolStats, ShardPool
 from ..engine.synth.sources import RealIndex, split_fingerprint
-from ..engine.synth.status import (
-    JobStatus,
-    finalize,
-    job_status,
-    remove_corrupt,
-    shard_state,
-)
+from ..engine.synth.status import finalize, shard_state, synth_status
 from .configs.synth import SynthConfig
 from .models import load_model
 
@@ -331,23 +325,3 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
 def synthesize(cfg: SynthConfig) -> Path:
     """Run (or resume) the job (this rank's share); return the output dataset directory."""
     return run_job(cfg).out
-
-
-def synth_status(out: str, checksums: bool = False, finalize_job: bool = False,
-                 remove_corrupt_shards: bool = False, keys: bool = True,
-                 progress: bool = True) -> JobStatus:
-    """``medfake synth status``: the job's state from manifests and sizes (``checksums``: also
-    every shard's sha256 and members; ``keys=False``: manifests not compared with the plan);
-    optionally delete corrupt shards (the job rewrites them) or write ``dataset.json`` when
-    every shard is done."""
-    def status() -> JobStatus:
-        return job_status(out, checksums, progress=progress, keys=keys)
-    st = status()
-    if remove_corrupt_shards and st.by_state("corrupt"):
-        removed = remove_corrupt(st)
-        log.info("removed %d corrupt shard(s): %s", len(removed), ", ".join(removed))
-        st = status()
-    if finalize_job and st.complete and not st.by_state("corrupt"):
-        finalize(out, st.plan)
-        st = status()
-    return st
