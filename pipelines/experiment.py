@@ -192,9 +192,20 @@ def write_csv(rows: list[dict], class_names: list[str], path: Path) -> None:
 
 
 def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
-                   command: str | None = None, report: bool = True) -> Path:
-    """Run (or resume) ``protocol`` into ``out``; return ``out/results.json``."""
+                   command: str | None = None, report: bool = True, rank: int | None = None,
+                   world_size: int | None = None) -> Path | None:
+    """Run (or resume) ``protocol`` into ``out``; return ``out/results.json``.
+
+    Across ranks (``rank``/``world_size``, else torchrun / srun / SLURM array variables, read
+    as ``medfake synth`` reads them): arm-seed ``i`` of the planned list belongs to rank
+    ``i % world_size``; each rank computes its missing ones (any rank can be re-run), and the
+    results and report are assembled by whichever run finds every arm-seed file present (the
+    last rank to finish, or a re-run with any rank). Returns None while other ranks' arm-seeds
+    are missing. Builds shared by arms (synthetic sources, CLIP pretraining) are serialised
+    between the ranks by a file lock in ``out``."""
+    from ..engine.synth.plan import resolve_rank
     from .report import summarize_rows, write_experiment_plots, write_report
+    ri = resolve_rank(rank, world_size)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     t0 = time.time()
@@ -206,10 +217,16 @@ def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
     data = ExperimentData(cfg, out)
     arms = plan_arms(protocol, cfg, list(data.sources))
     jobs = [(a, s) for a in arms for s in cfg.seeds]
-    rows, computed = [], 0
-    with tqdm(total=len(jobs), desc=f"experiment {protocol}", unit="arm-seed") as bar:
-        for arm, seed in jobs:
+    mine = [j for i, j in enumerate(jobs) if i % ri.world_size == ri.rank]
+    rows, computed, missing = [], 0, 0
+    with tqdm(total=len(mine), desc=f"experiment {protocol} rank {ri.rank}/{ri.world_size}",
+              unit="arm-seed") as bar:
+        for i, (arm, seed) in enumerate(jobs):
             path = out / "arms" / arm.slug / f"seed{seed}.json"
+            ours = i % ri.world_size == ri.rank
+            if not ours and not path.is_file():
+                missing += 1        # another rank's, not written yet
+                continue
             settings = _settings(arm, seed, cfg, data)
             if path.is_file():
                 stored = json.loads(path.read_text())
@@ -221,8 +238,13 @@ def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
                 _atomic_json(path, {"settings": settings, "row": row, "command": reproduce})
                 computed += 1
             rows.append({**row, "file": str(path.relative_to(out))})
-            bar.update(1)
-    log.info("%d arm-seeds computed, %d reused", computed, len(jobs) - computed)
+            bar.update(ours)
+    log.info("rank %d/%d (%s): %d arm-seeds computed, %d reused, %d of other ranks missing",
+             ri.rank, ri.world_size, ri.source, computed, len(rows) - computed, missing)
+    if missing:
+        log.info("results and report are assembled once every arm-seed file exists: by the "
+                 "last rank to finish, or by re-running any rank")
+        return None
 
     ref = {name: data.source_dir(name) for name in data.sources}  # reference builds
     quality, memo = {}, {}

@@ -102,6 +102,10 @@ class ExperimentData:
                     spec.kind in ("dcgan", "acgan") and spec.model)
                 self.sources[name] = {"dir": None, "spec": dict(s), "per_arm": per_arm}
         self._pools: dict[tuple, SplitArrays] = {}
+        from filelock import FileLock
+        out.mkdir(parents=True, exist_ok=True)
+        # builds shared by arm-seeds run once even when several ranks of a farm reach them
+        self._build_lock = FileLock(str(out / ".builds.lock"))
         self._clip: dict[Path, Path] = {}
         self._cap: int | None = None
 
@@ -167,7 +171,9 @@ class ExperimentData:
         if build:
             spec = {**spec, "k": 0 if build[0] == "all" else int(build[0]), "kshot_seed": build[1]}
             out = out / f"k{build[0]}-seed{build[1]}"
-        return make_synthetic_dataset(spec, self.real_dir, self.cfg.synthetic_per_class, 0, out)
+        with self._build_lock:
+            return make_synthetic_dataset(spec, self.real_dir, self.cfg.synthetic_per_class, 0,
+                                          out)
 
     def _per_arm_build(self, name: str, k: int | str | None,
                        seed: int | None) -> tuple[int | str, int] | None:
@@ -198,13 +204,18 @@ class ExperimentData:
         if out not in self._clip:
             from .train_clip import pretrain_clip
             src = self.control_equal_dir() if name == CONTROL else self.source_dir(name, k, seed)
-            self._clip[out] = pretrain_clip([str(src)], out, self.cfg.clip_config())
+            with self._build_lock:
+                self._clip[out] = pretrain_clip([str(src)], out, self.cfg.clip_config())
         return self._clip[out]
 
     def control_equal_dir(self) -> Path:
         """The control corpus cut to ``cap()`` images per class, written once as a dataset
         (``<out>/control-equal``): what the control CLIP pretrains on, so it sees as many
         images per class as a generator spec's source."""
+        with self._build_lock:
+            return self._control_equal_dir()
+
+    def _control_equal_dir(self) -> Path:
         out, n = self.out / "control-equal", self.cap()
         job = {"subset_of": str(self.control_dir), "per_class": n,
                "control_dataset_sha256": self.fingerprint(CONTROL)}
