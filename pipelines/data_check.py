@@ -37,8 +37,14 @@ from tqdm import tqdm
 
 from ..engine.core.atomic import sha256_file
 from ..engine.data.format import SHARD_RE
-from ..engine.data.reader import DatasetInfo, SampleValidator, SkipLog, iter_shard_tolerant
+from ..engine.data.reader import (
+    DatasetInfo,
+    SampleValidator,
+    SkipLog,
+    iter_shard_tolerant,
+)
 from ..engine.importers.deid import pixel_sha256
+from ..engine.synth.files import live_temporaries
 
 DERIVED_MODES = {"inpaint", "outpaint", "inpaint-outpaint", "img2img"}
 HELD_OUT = ("val", "test")
@@ -156,9 +162,15 @@ def _scan(root: Path, role: str, report: CheckReport, scan: _Scan) -> None:
             report.problem("unlisted_shard", f"{root.name}/{p.name} is not in dataset.json (an "
                                              f"interrupted job? re-run it to finish)")
     tmp = sorted(root.glob(".*.tmp*"))
-    if tmp:
-        report.notes.append(f"{root.name}: {len(tmp)} leftover temporary file(s) of interrupted "
-                            f"writes (never read as shards; safe to delete), e.g. {tmp[0].name}")
+    live = set(live_temporaries(root))
+    stray = [p for p in tmp if p not in live]
+    if stray:
+        report.notes.append(f"{root.name}: {len(stray)} leftover temporary file(s) of "
+                            f"interrupted writes (never read as shards; safe to delete), e.g. "
+                            f"{stray[0].name}")
+    if live:
+        report.notes.append(f"{root.name}: {len(live)} temporary file(s) being written by live "
+                            f"processes right now (do not delete), e.g. {min(live).name}")
     for split, s in info.splits.items():
         n_split, per_class = 0, Counter()
         for rec in tqdm(s["shards"], desc=f"check {role} {split}", unit="shard", leave=False):

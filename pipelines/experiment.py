@@ -33,10 +33,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..engine.core.atomic import atomic_write_bytes, fsync_dir
+from ..engine.core.atomic import atomic_write_bytes, fsync_dir, sha256_file
 from ..engine.data.format import SplitArrays
 from ..engine.data.reader import load_split
-from ..engine.core.atomic import sha256_file
 from .configs.experiment import ExperimentConfig
 from .experiment_data import CI_METRICS, ExperimentData, draw_per_class
 from .protocols import PROTOCOLS, Arm, plan_arms, slugify
@@ -100,7 +99,11 @@ def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArra
     of each synthetic dataset dir; pair grids and histograms go to ``out_dir/memorization``.
     ``control``: also the quality of the control corpus (as many images per class as the
     largest source), the reference a generator should beat. Returns (quality, memorization)."""
-    from ..engine.evaluation.memorization import audit_memorization, distance_histogram, pair_grid
+    from ..engine.evaluation.memorization import (
+        audit_memorization,
+        distance_histogram,
+        pair_grid,
+    )
     from ..engine.evaluation.quality import load_encoder, quality_report
     enc = load_encoder(encoder)
     mdir = out_dir / "memorization"

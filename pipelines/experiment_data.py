@@ -22,16 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.core.atomic import fsync_dir
+from ..engine.core.atomic import fsync_dir, sha256_file
+from ..engine.core.paths import cache_dir
+from ..engine.core.seeding import derive_seed
+from ..engine.data.format import Sample, SplitArrays
+from ..engine.data.phantoms import PhantomConfig, make_phantom_world
 from ..engine.data.reader import DatasetInfo, load_split
 from ..engine.data.writer import DatasetWriter
-from ..engine.data.format import Sample, SplitArrays
-from ..engine.core.atomic import sha256_file
-from .generators import GeneratorSpec, make_synthetic_dataset
 from ..engine.evaluation.metrics import bootstrap_ci, classification_metrics
-from ..engine.core.paths import cache_dir
-from ..engine.data.phantoms import PhantomConfig, make_phantom_world
-from ..engine.core.seeding import derive_seed
+from .generators import GeneratorSpec, make_synthetic_dataset
 from .protocols import CONTROL, Arm
 
 log = logging.getLogger(__name__)

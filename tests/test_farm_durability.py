@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 from medfake.engine.core import atomic
 from medfake.engine.core.errors import DatasetError
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..data.format import FORMAT, IMAGE_EXTS, shard_name
 from ..core.atomic import sha256_file
+from ..data.format import FORMAT, IMAGE_EXTS, shard_name
 from .files import json_bytes, live_temporaries, replace_if_different, stray_temporaries
 from .plan import SynthPlan, read_plan_file
 
