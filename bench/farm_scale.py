@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=3000, help="N, images of the job")
     ap.add_argument("--layout", type=int, help="only time `synth status` on an N-sample layout")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--every", type=float, default=5.0, help="seconds between samples")
+    ap.add_argument("--backend", default="onnx", help="exported once beforehand, untimed")
+    ap.add_argument("--every", type=float, default=2.0, help="seconds between samples")
     ap.add_argument("--kill-at", type=float, default=0.4, help="fraction of N, then SIGKILL")
     ap.add_argument("--workdir", help="default: a temporary directory")
     a = ap.parse_args(argv)
@@ -161,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                  "from medfake.engine.diffusion.sd_model import init_model\n"
                  f"make_phantom_world({str(work / 'world')!r}, PhantomConfig(n_public_per_class=1,"
                  " n_train_per_class=2, n_val_per_class=1, n_test_per_class=1))\n"
-                 f"init_model('micro', {str(work / 'micro')!r})\n")
+                 f"init_model('micro', {str(work / 'micro')!r})\n"
+                 "from medfake.pipelines.models import load_model\n"   # export once, untimed
+                 f"load_model({str(work / 'micro')!r}, {a.backend!r})\n")
         if not (work / "micro").exists():
             subprocess.run([sys.executable, "-c", setup], check=True, env=env,
                            capture_output=True)
@@ -169,15 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         cmd = _medfake("synth", "--model", str(work / "micro"), "--real",
                        str(work / "world" / "hospital"), "--out", str(out), "--per-class",
                        str(-(-a.images // 3)), "--steps", "1", "--samples-per-shard",
-                       str(PER_SHARD), "--batch-size", "64", "--threads", str(a.threads))
+                       str(PER_SHARD), "--batch-size", "64", "--threads", str(a.threads),
+                       "--backend", a.backend)
         n = 3 * -(-a.images // 3)
         log: list = []
         t0 = time.perf_counter()
         first = _synth(cmd, env, out, n, a.kill_at, a.every, log, t0)
         second = _synth(cmd, env, out, n, None, a.every, log, t0)
         total = time.perf_counter() - t0
+        # images/s between samples, from the first written shard on (start-up excluded)
+        start = next((i for i, r in enumerate(log) if r[1] > 0), len(log))
         rates = [f"{t:.0f}s:{(b - a_) / (t - s):.0f}" for (s, a_, _), (t, b, _)
-                 in zip(log, log[1:]) if t > s]
+                 in zip(log[max(0, start - 1):], log[start:]) if t > s]
         st, _, st_text = _timed(_medfake("synth", "status", str(out)), env)
         stc, _, _ = _timed(_medfake("synth", "status", str(out), "--checksums"), env)
         dc, dc_rss, dc_text = _timed(_medfake("data", "check", str(out)), env)
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
               f"SIGKILL at {first['killed_at']} images then resume, {a.threads} threads | "
               f"`python bench/farm_scale.py --images {a.images} --threads {a.threads}` | "
               f"{date}: {n / total:.0f} img/s overall incl. 2 start-ups ({total:.0f} s); "
-              f"img/s over time {' '.join(rates[:12])}; writer peak RSS {first.get('n/10')} MB "
+              f"img/s over time (t:rate) {' '.join(rates[:16])}; writer peak RSS {first.get('n/10')} MB "
               f"at N/10, {second.get('last')} MB at N; synth status {st:.1f} s, --checksums "
               f"{stc:.1f} s; data check {dc:.1f} s (peak RSS {dc_rss} MB); train clip to its "
               f"first step {clip:.1f} s (incl. start-up){'' if ok else ' (CHECK FAILED)'} |")
