@@ -265,7 +265,7 @@ def test_status_reports_and_repairs_a_damaged_job(model_dir, small_world, refere
     assert "train-000001.tar (manifest without tar" in text
     assert "train-000002.tar (sha256 mismatch)" in text and "train-000003.tar (size" in text
     assert "stray temporary files" in text and "rank 1/2: 2/4 done" in text
-    st = synth_status(str(out), remove_corrupt_shards=True)
+    st = synth_status(str(out), checksums=True, remove_corrupt_shards=True)
     assert [s.name for s in st.by_state("missing")] == [f"train-00000{i}.tar" for i in (1, 2, 3)]
     synthesize(SynthConfig(str(model_dir), str(hospital), str(out), **JOB))
     assert _tars(out) == _tars(reference)
