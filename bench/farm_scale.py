@@ -181,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         second = _synth(cmd, env, out, n, None, a.every, log, t0)
         total = time.perf_counter() - t0
         # images/s between samples, from the first written shard on (start-up excluded)
-        start = next((i for i, r in enumerate(log) if r[1] > 0), len(log))
+        # (16 windows from the first written shard to the end; the resume's start-up shows)
+        start = max(0, next((i for i, r in enumerate(log) if r[1] > 0), len(log)) - 1)
+        step = max(1, -(-(len(log) - start) // 16))
+        pts = log[start::step] + ([log[-1]] if (len(log) - 1 - start) % step else [])
         rates = [f"{t:.0f}s:{(b - a_) / (t - s):.0f}" for (s, a_, _), (t, b, _)
-                 in zip(log[max(0, start - 1):], log[start:]) if t > s]
+                 in zip(pts, pts[1:]) if t > s]
         st, _, st_text = _timed(_medfake("synth", "status", str(out)), env)
         stc, _, _ = _timed(_medfake("synth", "status", str(out), "--checksums"), env)
         dc, dc_rss, dc_text = _timed(_medfake("data", "check", str(out)), env)
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
               f"SIGKILL at {first['killed_at']} images then resume, {a.threads} threads | "
               f"`python bench/farm_scale.py --images {a.images} --threads {a.threads}` | "
               f"{date}: {n / total:.0f} img/s overall incl. 2 start-ups ({total:.0f} s); "
-              f"img/s over time (t:rate) {' '.join(rates[:16])}; writer peak RSS {first.get('n/10')} MB "
+              f"img/s over time (t:rate) {' '.join(rates)}; writer peak RSS {first.get('n/10')} MB "
               f"at N/10, {second.get('last')} MB at N; synth status {st:.1f} s, --checksums "
               f"{stc:.1f} s; data check {dc:.1f} s (peak RSS {dc_rss} MB); train clip to its "
               f"first step {clip:.1f} s (incl. start-up){'' if ok else ' (CHECK FAILED)'} |")

@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from ..core.atomic import atomic_write_json, fsync_dir
+from ..core.paths import cache_dir
+
 PRESET_DIR = Path(__file__).parents[1] / "presets" / "diffusion"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HASH_CACHE = ".medfake_hash.json"   # in-dir hash cache of older versions; removed on save
@@ -161,7 +164,6 @@ def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = No
     import diffusers
     import transformers
 
-    from ..core.paths import cache_dir
 
     cfg = preset_config(preset)
     key = hashlib.sha256(json.dumps([cfg, seed, diffusers.__version__, transformers.__version__],
@@ -177,6 +179,7 @@ def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = No
         init_model(preset, tmp, seed=seed)
         try:
             os.rename(tmp, final)
+            fsync_dir(base)
         except OSError:  # another process published it first: keep theirs
             if not (final / "model_index.json").is_file():
                 raise
@@ -283,8 +286,6 @@ def model_hash(model_dir: str | os.PathLike) -> str:
     model directory (read-only or shared by many ranks). The cache is written atomically;
     ranks racing on it write identical content.
     """
-    from ..core.atomic import atomic_write_json
-    from ..core.paths import cache_dir
     d = check_model_dir(model_dir)
     files = [d / "model_index.json"] + sorted(
         p for c in COMPONENTS for p in (d / c).rglob("*") if p.is_file())
