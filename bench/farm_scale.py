@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         step = max(1, -(-(len(log) - start) // 16))
         pts = log[start::step] + ([log[-1]] if (len(log) - 1 - start) % step else [])
         rates = [f"{t:.0f}s:{(b - a_) / (t - s):.0f}" for (s, a_, _), (t, b, _)
-                 in zip(pts, pts[1:]) if t > s]
+                 in itertools.pairwise(pts) if t > s]
         st, _, st_text = _timed(_medfake("synth", "status", str(out)), env)
         stc, _, _ = _timed(_medfake("synth", "status", str(out), "--checksums"), env)
         dc, dc_rss, dc_text = _timed(_medfake("data", "check", str(out)), env)

@@ -19,7 +19,7 @@ def _run(a: argparse.Namespace) -> None:
 
 
 def _status(a: argparse.Namespace) -> None:
-    from ...engine.synth.status import synth_status   # no torch: seconds at 10^6 samples
+    from ...engine.synth.status import synth_status  # no torch: seconds at 10^6 samples
     st = synth_status(a.job, checksums=a.checksums, finalize_job=a.finalize,
                       remove_corrupt_shards=a.remove_corrupt, keys=not a.no_verify)
     print(st.text(a.world_size))
