@@ -17,10 +17,19 @@ Checks, each reported as a problem kind with a count and a few examples:
 Leftover temporary files of interrupted writes are reported as notes: they are never read as
 shards and are safe to delete. Patient ids in the report are the datasets' own (pseudonymous
 for imported data).
+
+Memory is bounded whatever the sample count: samples stream one shard at a time, and what the
+cross-split and cross-dataset checks need (key -> split, pixel hash -> first key per split,
+patient -> splits) lives in an on-disk SQLite index in a temporary directory (``sqlite3`` from
+the standard library: indexed lookups and GROUP BY without a hand-written external sort).
+Synthetic samples are checked against the real index as they stream; nothing per sample is
+kept in memory. Checksums and shards show tqdm progress.
 """
 from __future__ import annotations
 
 import json
+import sqlite3
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +37,16 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from ..engine.core.atomic import sha256_file
 from ..engine.data.format import SHARD_RE
-from ..engine.data.reader import DatasetInfo, SampleValidator, SkipLog, iter_shard_tolerant
+from ..engine.data.reader import (
+    DatasetInfo,
+    SampleValidator,
+    SkipLog,
+    iter_shard_tolerant,
+)
 from ..engine.importers.deid import pixel_sha256
+from ..engine.synth.files import live_temporaries
 
 DERIVED_MODES = {"inpaint", "outpaint", "inpaint-outpaint", "img2img"}
 HELD_OUT = ("val", "test")
@@ -72,36 +88,96 @@ class CheckReport:
                 "examples": dict(self.examples), "notes": self.notes}
 
 
+class _Index:
+    """The on-disk index of every dataset a check reads (dataset 0 is the real one)."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.executescript("""
+            PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536;
+            CREATE TABLE keys (ds INTEGER, key TEXT, split TEXT, PRIMARY KEY (ds, key));
+            CREATE TABLE pix (ds INTEGER, hash TEXT, split TEXT, key TEXT,
+                              PRIMARY KEY (ds, hash, split));
+            CREATE TABLE pat (ds INTEGER, pid TEXT, split TEXT, PRIMARY KEY (ds, pid, split));
+        """)
+        self.db.execute("BEGIN")
+
+    def add(self, ds: int, key: str, split: str, pid: str | None, h: str) -> str | None:
+        """Record one sample; return the split that already holds ``key`` (a duplicate)."""
+        try:
+            self.db.execute("INSERT INTO keys VALUES (?, ?, ?)", (ds, key, split))
+        except sqlite3.IntegrityError:
+            return self.split_of(ds, key)
+        self.db.execute("INSERT OR IGNORE INTO pix VALUES (?, ?, ?, ?)", (ds, h, split, key))
+        if pid:
+            self.db.execute("INSERT OR IGNORE INTO pat VALUES (?, ?, ?)", (ds, pid, split))
+        return None
+
+    def split_of(self, ds: int, key: str) -> str | None:
+        row = self.db.execute("SELECT split FROM keys WHERE ds=? AND key=?", (ds, key)).fetchone()
+        return row[0] if row else None
+
+    def held_out_copies(self, ds: int, h: str) -> list[tuple[str, str]]:
+        return self.db.execute(
+            f"SELECT split, key FROM pix WHERE ds=? AND hash=? AND split IN "
+            f"({','.join('?' * len(HELD_OUT))}) ORDER BY split", (ds, h, *HELD_OUT)).fetchall()
+
+    def patients_in_two_splits(self, ds: int):
+        return self.db.execute(
+            "SELECT pid, group_concat(split, '\x1f') FROM pat WHERE ds=? GROUP BY pid "
+            "HAVING COUNT(*) > 1 ORDER BY min(rowid)", (ds,))
+
+    def images_in_two_splits(self, ds: int):
+        return self.db.execute(
+            "SELECT group_concat(split || '\x1e' || key, '\x1f') FROM pix WHERE ds=? "
+            "GROUP BY hash HAVING COUNT(*) > 1 ORDER BY min(rowid)", (ds,))
+
+    def close(self) -> None:
+        self.db.execute("COMMIT")
+        self.db.close()
+
+
 @dataclass
-class _Seen:
-    """What one dataset holds, for the cross-split and cross-dataset checks."""
+class _Scan:
+    """Where one dataset's samples go: the index, its number, and (synthetic) the checks
+    against the real dataset (number 0), run as each sample streams past."""
 
-    key_split: dict[str, str] = field(default_factory=dict)
-    patient_splits: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    index: _Index
+    ds: int
+    name: str
+    against_real: bool = False
     no_patient: Counter = field(default_factory=Counter)  # split -> samples without patient_id
-    hash_first: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
-    derived: list[tuple[str, str, dict[str, Any], str]] = field(default_factory=list)
 
 
-def _scan(root: Path, role: str, report: CheckReport) -> _Seen:
+def _scan(root: Path, role: str, report: CheckReport, scan: _Scan) -> None:
     info = DatasetInfo.load(root)
-    seen = _Seen()
     counts: dict[str, int] = {}
-    for p in info.verify():
-        report.problem("checksum", f"{root.name}: {p}")
-    listed = {rec["name"] for s in info.splits.values() for rec in s["shards"]}
+    shards = [rec for s in info.splits.values() for rec in s["shards"]]
+    for rec in tqdm(shards, desc=f"checksums {role}", unit="shard", leave=False):
+        p = root / rec["name"]
+        if not p.exists():
+            report.problem("checksum", f"{root.name}: missing {rec['name']}")
+        elif sha256_file(p) != rec["sha256"]:
+            report.problem("checksum", f"{root.name}: sha256 mismatch {rec['name']}")
+    listed = {rec["name"] for rec in shards}
     for p in sorted(root.glob("*.tar")):
         if SHARD_RE.match(p.name) and p.name not in listed:
             report.problem("unlisted_shard", f"{root.name}/{p.name} is not in dataset.json (an "
                                              f"interrupted job? re-run it to finish)")
     tmp = sorted(root.glob(".*.tmp*"))
-    if tmp:
-        report.notes.append(f"{root.name}: {len(tmp)} leftover temporary file(s) of interrupted "
-                            f"writes (never read as shards; safe to delete), e.g. {tmp[0].name}")
+    live = set(live_temporaries(root))
+    stray = [p for p in tmp if p not in live]
+    if stray:
+        report.notes.append(f"{root.name}: {len(stray)} leftover temporary file(s) of "
+                            f"interrupted writes (never read as shards; safe to delete), e.g. "
+                            f"{stray[0].name}")
+    if live:
+        report.notes.append(f"{root.name}: {len(live)} temporary file(s) being written by live "
+                            f"processes right now (do not delete), e.g. {min(live).name}")
     for split, s in info.splits.items():
         n_split, per_class = 0, Counter()
         for rec in tqdm(s["shards"], desc=f"check {role} {split}", unit="shard", leave=False):
-            n_split += _check_shard(root, info, split, rec, role, seen, per_class, report)
+            n_split += _check_shard(root, info, split, rec, scan, per_class, report)
         counts[split] = n_split
         if n_split != s["count"]:
             report.problem("count_mismatch", f"{root.name}: dataset.json says {split} has "
@@ -110,11 +186,10 @@ def _scan(root: Path, role: str, report: CheckReport) -> _Seen:
             report.problem("count_mismatch", f"{root.name}: {split} per-class counts in "
                                              f"dataset.json differ from the shards' contents")
     report.datasets.append({"role": role, "dir": str(root), "counts": counts})
-    return seen
 
 
-def _check_shard(root: Path, info: DatasetInfo, split: str, rec: dict[str, Any], role: str,
-                 seen: _Seen, per_class: Counter, report: CheckReport) -> int:
+def _check_shard(root: Path, info: DatasetInfo, split: str, rec: dict[str, Any], scan: _Scan,
+                 per_class: Counter, report: CheckReport) -> int:
     path = root / rec["name"]
     try:
         manifest = json.loads(path.with_suffix(".json").read_text())
@@ -128,19 +203,15 @@ def _check_shard(root: Path, info: DatasetInfo, split: str, rec: dict[str, Any],
     for smp in iter_shard_tolerant(path, validator):
         keys.append(smp.key)
         per_class[info.class_names[smp.cls]] += 1
-        if smp.key in seen.key_split:
-            report.problem("duplicate_key", f"{root.name}: {smp.key!r} in {seen.key_split[smp.key]}"
-                                            f" and {split}")
-        seen.key_split[smp.key] = split
-        pid = smp.meta.get("patient_id")
-        if pid:
-            seen.patient_splits[str(pid)].add(split)
-        else:
-            seen.no_patient[split] += 1
         h = pixel_sha256(smp.image)
-        seen.hash_first[h].setdefault(split, smp.key)
-        if role == "synthetic":
-            seen.derived.append((smp.key, split, smp.meta, h))
+        pid = smp.meta.get("patient_id")
+        if not pid:
+            scan.no_patient[split] += 1
+        dup = scan.index.add(scan.ds, smp.key, split, str(pid) if pid else None, h)
+        if dup is not None:
+            report.problem("duplicate_key", f"{root.name}: {smp.key!r} in {dup} and {split}")
+        if scan.against_real:
+            _check_synthetic_sample(scan, smp.key, smp.meta, h, report)
     for reason, n in skips.counts.items():
         report.problem(f"unreadable_sample:{reason}", f"{root.name}/{rec['name']}: {n} sample(s)")
     n = len(keys) + skips.n_skipped
@@ -151,57 +222,66 @@ def _check_shard(root: Path, info: DatasetInfo, split: str, rec: dict[str, Any],
     return len(keys)
 
 
-def _unknown_patients(root: Path, seen: _Seen, report: CheckReport) -> None:
+def _unknown_patients(root: Path, scan: _Scan, report: CheckReport) -> None:
     identity = (DatasetInfo.load(root).provenance or {}).get("patient_identity")
     if not identity or identity.get("unknown_split") == "source":
         return
     want = identity.get("unknown_split")
-    for split, n in sorted(seen.no_patient.items()):
+    for split, n in sorted(scan.no_patient.items()):
         if split != want:
             report.problem("no_patient_identity", f"{root.name}: {n} {split} sample(s) without "
                            f"patient_id; the import placed those only in {want or 'no split'}")
 
 
-def _cross_split(name: str, seen: _Seen, report: CheckReport) -> None:
-    for pid, splits in seen.patient_splits.items():
-        if len(splits) > 1:
-            report.problem("patient_in_two_splits", f"{name}: patient {pid} in {sorted(splits)}")
-    for first in seen.hash_first.values():
-        if len(first) > 1:
-            report.problem("image_in_two_splits", f"{name}: identical images " + ", ".join(
-                f"{k!r} ({s})" for s, k in sorted(first.items())))
+def _cross_split(scan: _Scan, report: CheckReport) -> None:
+    for pid, splits in scan.index.patients_in_two_splits(scan.ds):
+        report.problem("patient_in_two_splits",
+                       f"{scan.name}: patient {pid} in {sorted(splits.split(chr(0x1f)))}")
+    for (pairs,) in scan.index.images_in_two_splits(scan.ds):
+        first = sorted(tuple(p.split("\x1e")) for p in pairs.split("\x1f"))
+        report.problem("image_in_two_splits", f"{scan.name}: identical images " + ", ".join(
+            f"{k!r} ({s})" for s, k in first))
 
 
-def _check_synthetic(name: str, real: _Seen, syn: _Seen, report: CheckReport) -> None:
-    for key, _split, meta, h in syn.derived:
-        src = meta.get("source_key")
-        derived = meta.get("mode") in DERIVED_MODES or meta.get("generator") == "classic"
-        if src is None:
-            if derived:
-                how = meta.get("mode") or meta.get("generator")
-                report.problem("missing_source_key", f"{name}: {key!r} ({how}) records no "
-                                                     f"source_key")
-        elif src not in real.key_split:
-            report.problem("unknown_source_key", f"{name}: {key!r} derives from {src!r}, which is "
-                                                 f"not in the real dataset (wrong DIR?)")
-        elif real.key_split[src] in HELD_OUT:
+def _check_synthetic_sample(scan: _Scan, key: str, meta: dict[str, Any], h: str,
+                            report: CheckReport) -> None:
+    name, real = scan.name, scan.index
+    src = meta.get("source_key")
+    derived = meta.get("mode") in DERIVED_MODES or meta.get("generator") == "classic"
+    if src is None:
+        if derived:
+            how = meta.get("mode") or meta.get("generator")
+            report.problem("missing_source_key", f"{name}: {key!r} ({how}) records no "
+                                                 f"source_key")
+    else:
+        src_split = real.split_of(0, str(src))
+        if src_split is None:
+            report.problem("unknown_source_key", f"{name}: {key!r} derives from {src!r}, which "
+                                                 f"is not in the real dataset (wrong DIR?)")
+        elif src_split in HELD_OUT:
             report.problem("derived_from_held_out", f"{name}: {key!r} derives from {src!r} of "
-                                                    f"the real {real.key_split[src]} split")
-        held = {s: k for s, k in real.hash_first.get(h, {}).items() if s in HELD_OUT}
-        for s, k in held.items():
-            report.problem("copies_held_out_image", f"{name}: {key!r} is pixel-identical to real "
-                                                    f"{s} image {k!r}")
+                                                    f"the real {src_split} split")
+    for s, k in real.held_out_copies(0, h):
+        report.problem("copies_held_out_image", f"{name}: {key!r} is pixel-identical to real "
+                                                f"{s} image {k!r}")
 
 
 def check_dataset(root: str | Path, synthetic: Sequence[str | Path] = ()) -> CheckReport:
-    """Run every check on ``root`` and, against it, on each ``synthetic`` dataset."""
+    """Run every check on ``root`` and, against it, on each ``synthetic`` dataset, in memory
+    independent of the number of samples (see the module doc)."""
     report = CheckReport()
     root = Path(root)
-    real = _scan(root, "real", report)
-    _cross_split(root.name, real, report)
-    _unknown_patients(root, real, report)
-    for syn_dir in synthetic:
-        syn = _scan(Path(syn_dir), "synthetic", report)
-        _cross_split(Path(syn_dir).name, syn, report)
-        _check_synthetic(Path(syn_dir).name, real, syn, report)
+    with tempfile.TemporaryDirectory(prefix="medfake-check-") as tmp:
+        index = _Index(Path(tmp) / "index.sqlite")
+        try:
+            real = _Scan(index, 0, root.name)
+            _scan(root, "real", report, real)
+            _cross_split(real, report)
+            _unknown_patients(root, real, report)
+            for i, syn_dir in enumerate(synthetic, start=1):
+                syn = _Scan(index, i, Path(syn_dir).name, against_real=True)
+                _scan(Path(syn_dir), "synthetic", report, syn)
+                _cross_split(syn, report)
+        finally:
+            index.close()
     return report

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..engine.core.atomic import atomic_write_bytes, fsync_dir, sha256_file
 from ..engine.data.format import SplitArrays
 from ..engine.data.reader import load_split
-from ..engine.core.atomic import sha256_file
 from .configs.experiment import ExperimentConfig
 from .experiment_data import CI_METRICS, ExperimentData, draw_per_class
 from .protocols import PROTOCOLS, Arm, plan_arms, slugify
@@ -166,9 +166,7 @@ def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArra
 
 def _atomic_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
 def _settings(arm: Arm, seed: int, cfg: ExperimentConfig, data: ExperimentData) -> dict:
@@ -223,13 +221,27 @@ def write_csv(rows: list[dict], class_names: list[str], path: Path) -> None:
                 flat[f"sensitivity_{c}"] = r["sensitivity"][c]
                 flat[f"specificity_{c}"] = r["specificity"][c]
             w.writerow(flat)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
-                   command: str | None = None, report: bool = True) -> Path:
-    """Run (or resume) ``protocol`` into ``out``; return ``out/results.json``."""
+                   command: str | None = None, report: bool = True, rank: int | None = None,
+                   world_size: int | None = None) -> Path | None:
+    """Run (or resume) ``protocol`` into ``out``; return ``out/results.json``.
+
+    Across ranks (``rank``/``world_size``, else torchrun / srun / SLURM array variables, read
+    as ``medfake synth`` reads them): arm-seed ``i`` of the planned list belongs to rank
+    ``i % world_size``; each rank computes its missing ones (any rank can be re-run), and the
+    results and report are assembled by whichever run finds every arm-seed file present (the
+    last rank to finish, or a re-run with any rank). Returns None while other ranks' arm-seeds
+    are missing. Builds shared by arms (synthetic sources, CLIP pretraining) are serialised
+    between the ranks by a file lock in ``out``."""
+    from ..engine.synth.plan import resolve_rank
     from .report import summarize_rows, write_experiment_plots, write_report
+    ri = resolve_rank(rank, world_size)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     t0 = time.time()
@@ -241,10 +253,16 @@ def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
     data = ExperimentData(cfg, out)
     arms = plan_arms(protocol, cfg, list(data.sources))
     jobs = [(a, s) for a in arms for s in cfg.seeds]
-    rows, computed = [], 0
-    with tqdm(total=len(jobs), desc=f"experiment {protocol}", unit="arm-seed") as bar:
-        for arm, seed in jobs:
+    mine = [j for i, j in enumerate(jobs) if i % ri.world_size == ri.rank]
+    rows, computed, missing = [], 0, 0
+    with tqdm(total=len(mine), desc=f"experiment {protocol} rank {ri.rank}/{ri.world_size}",
+              unit="arm-seed") as bar:
+        for i, (arm, seed) in enumerate(jobs):
             path = out / "arms" / arm.slug / f"seed{seed}.json"
+            ours = i % ri.world_size == ri.rank
+            if not ours and not path.is_file():
+                missing += 1        # another rank's, not written yet
+                continue
             settings = _settings(arm, seed, cfg, data)
             if path.is_file():
                 stored = json.loads(path.read_text())
@@ -256,8 +274,13 @@ def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
                 _atomic_json(path, {"settings": settings, "row": row, "command": reproduce})
                 computed += 1
             rows.append({**row, "file": str(path.relative_to(out))})
-            bar.update(1)
-    log.info("%d arm-seeds computed, %d reused", computed, len(jobs) - computed)
+            bar.update(ours)
+    log.info("rank %d/%d (%s): %d arm-seeds computed, %d reused, %d of other ranks missing",
+             ri.rank, ri.world_size, ri.source, computed, len(rows) - computed, missing)
+    if missing:
+        log.info("results and report are assembled once every arm-seed file exists: by the "
+                 "last rank to finish, or by re-running any rank")
+        return None
 
     ref = {name: data.source_dir(name) for name in data.sources}  # reference builds
     quality, memo = {}, {}

@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.core.atomic import fsync_dir, sha256_file
+from ..engine.core.paths import cache_dir
+from ..engine.core.seeding import derive_seed
+from ..engine.data.format import Sample, SplitArrays
+from ..engine.data.phantoms import PhantomConfig, make_phantom_world
 from ..engine.data.reader import DatasetInfo, load_split
 from ..engine.data.writer import DatasetWriter
-from ..engine.data.format import Sample, SplitArrays
-from ..engine.core.atomic import sha256_file
-from .generators import GeneratorSpec, make_synthetic_dataset
 from ..engine.evaluation.metrics import bootstrap_ci, classification_metrics
-from ..engine.core.paths import cache_dir
-from ..engine.data.phantoms import PhantomConfig, make_phantom_world
-from ..engine.core.seeding import derive_seed
+from .generators import GeneratorSpec, make_synthetic_dataset
 from .protocols import CONTROL, Arm
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def write_subset(source_dir: str | os.PathLike, sub: SplitArrays, job: dict[str,
                                   sub.captions[i], sub.metas[i]))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    fsync_dir(out.parent)
     return out
 
 
@@ -125,6 +126,10 @@ class ExperimentData:
                     spec.kind in ("dcgan", "acgan") and spec.model)
                 self.sources[name] = {"dir": None, "spec": dict(s), "per_arm": per_arm}
         self._pools: dict[tuple, SplitArrays] = {}
+        from filelock import FileLock
+        out.mkdir(parents=True, exist_ok=True)
+        # builds shared by arm-seeds run once even when several ranks of a farm reach them
+        self._build_lock = FileLock(str(out / ".builds.lock"))
         self._clip: dict[Path, Path] = {}
         self._cap: int | None = None
 
@@ -190,7 +195,9 @@ class ExperimentData:
         if build:
             spec = {**spec, "k": 0 if build[0] == "all" else int(build[0]), "kshot_seed": build[1]}
             out = out / f"k{build[0]}-seed{build[1]}"
-        return make_synthetic_dataset(spec, self.real_dir, self.cfg.synthetic_per_class, 0, out)
+        with self._build_lock:
+            return make_synthetic_dataset(spec, self.real_dir, self.cfg.synthetic_per_class, 0,
+                                          out)
 
     def _per_arm_build(self, name: str, k: int | str | None,
                        seed: int | None) -> tuple[int | str, int] | None:
@@ -221,13 +228,18 @@ class ExperimentData:
         if out not in self._clip:
             from .train_clip import pretrain_clip
             src = self.control_equal_dir() if name == CONTROL else self.source_dir(name, k, seed)
-            self._clip[out] = pretrain_clip([str(src)], out, self.cfg.clip_config())
+            with self._build_lock:
+                self._clip[out] = pretrain_clip([str(src)], out, self.cfg.clip_config())
         return self._clip[out]
 
     def control_equal_dir(self) -> Path:
         """The control corpus cut to ``cap()`` images per class, written once as a dataset
         (``<out>/control-equal``): what the control CLIP pretrains on, so it sees as many
         images per class as a generator spec's source."""
+        with self._build_lock:
+            return self._control_equal_dir()
+
+    def _control_equal_dir(self) -> Path:
         out, n = self.out / "control-equal", self.cap()
         job = {"subset_of": str(self.control_dir), "per_class": n,
                "control_dataset_sha256": self.fingerprint(CONTROL)}

@@ -21,6 +21,7 @@ import torch
 
 from ..engine.clip.engine import TORCH_STATE, CheckpointDir, to_stock_state_dict
 from ..engine.clip.model import create_clip
+from ..engine.core.atomic import fsync_dir
 from ..engine.core.distributed import import_deepspeed
 from ..engine.core.safe_load import load_checkpoint, save_weights
 from ..engine.core.trust import verify_checkpoint
@@ -60,7 +61,9 @@ def checkpoint_state_dict(ckpt: CheckpointDir, tag: str) -> dict[str, torch.Tens
         verify_checkpoint(d)  # zero_to_fp32 unpickles the files: signed or --trust-code only
         # zero_to_fp32 reports progress with print(): keep stdout for the command's result
         import_deepspeed()
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
         with contextlib.redirect_stdout(sys.stderr):
             return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.root), tag=tag)
     raise ValueError(f"{d} is neither a single-process nor a DeepSpeed ZeRO checkpoint")
@@ -86,6 +89,7 @@ def export_clip(ckpt_path: str | os.PathLike, out: str | os.PathLike, model: str
         tmp = out.with_name(f".{out.name}.tmp")
         torch.save(sd, tmp)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     else:
         raise ValueError(f"--out {out}: use a .safetensors (or .pt) file name")
     sidecar = out.parent / CONFIG_NAME

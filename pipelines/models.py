@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from ..engine.core.atomic import fsync_dir
 from ..engine.core.paths import cache_dir
 from ..engine.diffusion.backends import LoadedModel
 from ..engine.diffusion.backends.components import JobShape
@@ -45,6 +46,7 @@ def _export_cached(model_dir: str, sub: str, make: Callable[[str, str], Any]) ->
             log.info("no %s export of %s cached yet: exporting to %s", sub, model_dir, final)
             make(model_dir, str(tmp))
             os.replace(tmp, final)
+            fsync_dir(root)
     return final
 
 

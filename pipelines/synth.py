@@ -36,7 +36,7 @@ from ..engine.diffusion.streams import (
     threads_per_stream,
 )
 from ..engine.synth.curation import CurationConfig, build_curator
-from ..engine.synth.files import stray_temporaries
+from ..engine.synth.files import live_temporaries, stray_temporaries
 from ..engine.synth.modes import BatchGenerator, ModeConfig
 from ..engine.synth.plan import (
     PlanMismatchError,
@@ -47,13 +47,7 @@ from ..engine.synth.plan import (
 )
 from ..engine.synth.shard_pool import PoolStats, ShardPool
 from ..engine.synth.sources import RealIndex, split_fingerprint
-from ..engine.synth.status import (
-    JobStatus,
-    finalize,
-    job_status,
-    remove_corrupt,
-    shard_state,
-)
+from ..engine.synth.status import finalize, shard_state, synth_status
 from .configs.synth import SynthConfig
 from .models import load_model
 
@@ -233,14 +227,25 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     return [model.sampler(scfg) for _ in range(streams)]
 
 
+def _temp_target(p: Path) -> str:
+    return p.name[1:].split(".tmp-")[0]
+
+
 def _remove_own_temporaries(out: Path, shards: list[int]) -> None:
-    """Temporary files of this rank's shards are leftovers of a killed run of this rank."""
+    """Temporary files of this rank's shards that no live process holds are leftovers of a
+    killed run of this rank; a live writer's (a duplicate launch, a requeue while the old task
+    runs) are never touched (``engine.synth.files.temp_is_live``)."""
     mine = {shard_name("train", i) for i in shards}
     mine |= {n.replace(".tar", ".json") for n in mine}
     for p in stray_temporaries(out):
-        if p.name[1:].split(".tmp-")[0] in mine:
+        if _temp_target(p) in mine:
             log.info("removing %s, left by an interrupted run", p.name)
             p.unlink(missing_ok=True)
+
+
+def _being_written(out: Path, name: str) -> Path | None:
+    """A live process's temporary file of shard ``name``, if one is writing it now."""
+    return next((p for p in live_temporaries(out, name) if _temp_target(p) == name), None)
 
 
 def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
@@ -294,6 +299,7 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
 def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetInfo, size: int,
               mode: ModeConfig, curation: CurationConfig, tokens: dict[str, str],
               result: SynthResult, sampler=None) -> None:
+    out = Path(cfg.out_dir)
     t = time.perf_counter()
     index = RealIndex(cfg.real_dataset) if mode.conditioned or curation.memorization else None
     n_batches = sum(-(-plan.shard_size(i) // cfg.batch_size) for i in todo)
@@ -313,6 +319,13 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
 
     def batches():
         for i in todo:
+            name = shard_name("train", i)
+            live = _being_written(out, name)
+            if live is not None or shard_state(out, plan, i).state == "done":
+                log.info("skipping %s: %s", name, "done meanwhile" if live is None else
+                         f"a live process is writing it ({live.name})")
+                bar.update(plan.shard_size(i))
+                continue
             planned = plan.shard_samples(i)
             for b in range(0, len(planned), cfg.batch_size):
                 yield i, planned[b:b + cfg.batch_size], b + cfg.batch_size >= len(planned)
@@ -344,18 +357,3 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
 def synthesize(cfg: SynthConfig) -> Path:
     """Run (or resume) the job (this rank's share); return the output dataset directory."""
     return run_job(cfg).out
-
-
-def synth_status(out: str, verify: bool = True, finalize_job: bool = False,
-                 remove_corrupt_shards: bool = False) -> JobStatus:
-    """``medfake synth status``: the job's state; optionally delete corrupt shards (the job
-    rewrites them) or write ``dataset.json`` when every shard is done."""
-    st = job_status(out, verify)
-    if remove_corrupt_shards and st.by_state("corrupt"):
-        removed = remove_corrupt(st)
-        log.info("removed %d corrupt shard(s): %s", len(removed), ", ".join(removed))
-        st = job_status(out, verify)
-    if finalize_job and st.complete and not st.by_state("corrupt"):
-        finalize(out, st.plan)
-        st = job_status(out, verify)
-    return st

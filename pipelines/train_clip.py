@@ -57,6 +57,7 @@ from ..engine.clip.engine import (
 from ..engine.clip.loop import resume_checkpoint, train_loop
 from ..engine.clip.model import create_clip, image_stats
 from ..engine.core import distributed as D
+from ..engine.core.atomic import atomic_write_bytes
 from ..engine.core.safe_load import save_weights
 from ..engine.core.seeding import derive_seed, seed_everything
 from ..engine.data.format import SplitArrays
@@ -163,11 +164,9 @@ def _finished(out: Path, cfg: ClipTrainConfig, sources: list) -> bool:
 
 def _write_config(out: Path, cfg: ClipTrainConfig, settings: dict, step: int, total: int,
                   finished: bool) -> None:
-    tmp = out / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps({"model": cfg.model, "step": step, "total_steps": total,
-                               "finished": finished, "settings": settings,
-                               "config": asdict(cfg)}, indent=1, default=str))
-    os.replace(tmp, out / CONFIG_NAME)
+    atomic_write_bytes(out / CONFIG_NAME, json.dumps(
+        {"model": cfg.model, "step": step, "total_steps": total, "finished": finished,
+         "settings": settings, "config": asdict(cfg)}, indent=1, default=str).encode())
 
 
 def pretrain_clip(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

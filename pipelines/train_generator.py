@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..engine.core.atomic import is_disk_full
+from ..engine.core.atomic import atomic_write_bytes, fsync_dir, is_disk_full
 from ..engine.core.errors import DiskFullError
 from ..engine.core.paths import cache_dir
 from ..engine.core.safe_load import load_checkpoint
@@ -79,6 +79,7 @@ def _save_ckpt(out: Path, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        fsync_dir(out)
     except OSError as e:
         if is_disk_full(e):
             prev = "the previous checkpoint is intact" if final.exists() else "no checkpoint yet"
@@ -272,9 +273,7 @@ def train_generator(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
                "wall_seconds_this_run": time.time() - t0,
                "cpu_seconds_this_run": time.process_time() - cpu0, "vae_stage_seconds_this_run": t_vae,
                "torch_threads": torch.get_num_threads()}
-    tmp = marker.with_name(marker.name + ".tmp")  # marker first, atomically; then drop the ckpt
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, marker)
+    atomic_write_bytes(marker, json.dumps(summary, indent=1).encode())  # marker first; then ckpt
     (out / CHECKPOINT).unlink(missing_ok=True)
     log.info("generator trained (this run %.0f s): %s", time.time() - t0, out)
     return out
@@ -303,4 +302,5 @@ def cached_generator(corpus_dir: str | os.PathLike, cfg: GeneratorTrainConfig | 
     if final.exists():  # an incomplete leftover from a foreign writer; never served
         shutil.rmtree(final)
     os.replace(partial, final)
+    fsync_dir(root)
     return final

@@ -176,3 +176,83 @@ def test_augmentation_is_seeded_per_sample_and_leaves_caller_rng_alone():
     assert torch.equal(a, augment_batch(imgs, [1, 2, 3], aug))
     assert torch.equal(a[1:], augment_batch(imgs[1:], [2, 3], aug))  # independent of neighbours
     assert not torch.equal(a[0], imgs[0])
+
+
+def _write_format(root: Path, fmt: str, n: int = 24, per_shard: int = 8, size: int = 32,
+                  listed_size: int = 32) -> Path:
+    """``n`` grayscale samples written as ``synth --format fmt`` writes them (ShardWriter)."""
+    from medfake.engine.data.writer import finalize_dataset
+    from medfake.engine.synth.shard_pool import ShardWriter, encode_sample
+    rng = np.random.default_rng(5)
+    root.mkdir(parents=True)
+    for s in range(-(-n // per_shard)):
+        w = ShardWriter(root, "train", s, CLASSES, fmt)
+        for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
+            smp = Sample(f"{fmt}{i:04d}", rng.integers(0, 255, (size, size), np.uint8), i % 3,
+                         TEMPLATES[CLASSES[i % 3]][0])
+            w.add(smp.key, smp.cls, encode_sample(smp, fmt))
+        w.finish()
+    finalize_dataset(root, CLASSES, TEMPLATES, {"source": "test"}, listed_size, 1)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpg"])
+def test_every_synth_format_is_readable_by_every_reader(tmp_path, model_bits, fmt):
+    """CLIP stream, load_split (classifiers, quality, memorization), data check and stock
+    webdataset all read webp and jpg shards (the CLIP stream used to skip them all and spin)."""
+    import webdataset as wds
+    from medfake.engine.data.reader import load_split
+    from medfake.pipelines.data_check import check_dataset
+    root = _write_format(tmp_path / fmt, fmt)
+    stats, tok = model_bits
+    cfg = StreamConfig(batch_size=8, seed=0, shuffle_buffer=0, workers=0, augment="none")
+    batches = take(ClipStream(load_sources([root], [], "train"), cfg, stats, tok).iter_role(0), 3)
+    assert batches[-1][2]["state"]["skips"] == {}
+    assert len({k for _, _, i in batches for k in i["keys"]}) == 24
+    arrays = load_split(root, "train", skip_bad=True)
+    assert arrays.images.shape == (24, 32, 32)
+    report = check_dataset(root)
+    assert report.ok, report.text()
+    urls = [str(p) for p in sorted(root.glob("train-*.tar"))]
+    got = [s for s in wds.WebDataset(urls, shardshuffle=False).decode("l")]
+    assert len(got) == 24 and all(np.asarray(s[fmt]).shape == (32, 32) for s in got)
+
+
+def test_a_stream_that_skips_a_whole_shard_stops_with_one_error(tmp_path, model_bits):
+    """16 px images in a dataset that says 32: every sample is skipped; one clear error instead
+    of an endless spin (the old stream never returned)."""
+    from medfake.engine.core.errors import DatasetError
+    root = _write_format(tmp_path / "wrong", "png", size=16, listed_size=32)
+    stats, tok = model_bits
+    cfg = StreamConfig(batch_size=4, seed=0, shuffle_buffer=0, workers=0, augment="none")
+    with pytest.raises(DatasetError, match=r"every sample of shard train-00000\d\.tar was "
+                                           r"skipped \(wrong_size="):
+        take(ClipStream(load_sources([root], [], "train"), cfg, stats, tok).iter_role(0), 1)
+    cfg = StreamConfig(batch_size=4, seed=0, shuffle_buffer=0, workers=0, augment="none",
+                       max_skip_run=5)
+    with pytest.raises(DatasetError, match="the last 5 records were all skipped"):
+        take(ClipStream(load_sources([root], [], "train"), cfg, stats, tok).iter_role(0), 1)
+
+
+def test_resume_seeks_to_its_window_instead_of_rereading_the_pass(tmp_path, model_bits,
+                                                                  monkeypatch):
+    """8 shards of 8, windows of 2 shards: resuming after 10 batches of 4 (record 40, window
+    2) reads only that window's 2 shards before its first batch, and equals the full stream."""
+    root = write_dataset(tmp_path / "seek", 64, "s", per_shard=8)
+    sources = load_sources([root], [], "train")
+    stats, tok = model_bits
+    cfg = StreamConfig(batch_size=4, seed=2, shuffle_buffer=16, workers=0, augment="none")
+    full = take(ClipStream(sources, cfg, stats, tok).iter_role(0), 14)
+    state = full[9][2]["state"]
+    assert state["passes"][0][:3] == [0, 40, 2]
+    read: list[str] = []
+    orig = ClipStream._read_window
+    monkeypatch.setattr(ClipStream, "_read_window",
+                        lambda self, si, slot, urls, h: read.extend(urls) or
+                        orig(self, si, slot, urls, h))
+    stream = ClipStream(sources, cfg, stats, tok, states={0: state}).iter_role(0)
+    first = next(stream)
+    assert len(read) == 2
+    resumed = [first] + take(stream, 3)
+    for (xa, ta, ia), (xb, tb, ib) in zip(full[10:], resumed):
+        assert ia["keys"] == ib["keys"] and torch.equal(xa, xb) and torch.equal(ta, tb)

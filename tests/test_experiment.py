@@ -140,3 +140,36 @@ def test_bad_config_key_is_one_clear_error(tmp_path, capsys):
     assert "unknown key(s) 'clasifiers'" in err and "classifiers" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="classifiers"):
         ExperimentConfig.from_dict({"classifiers": ["vgg"]})
+
+
+def test_arm_seeds_partition_over_ranks_and_assemble_once_all_exist(sweep, tmp_path,
+                                                                    monkeypatch):
+    """Two ranks (--rank/--world-size, then a SLURM array environment): each computes only
+    its share of the missing arm-seeds; results.json appears once every file exists."""
+    import shutil
+    cfg, done = sweep
+    out = tmp_path / "ranks"
+    shutil.copytree(done, out)
+    (out / "results.json").unlink()
+    arms = plan_arms("few-shot-sweep", cfg, list(cfg.synthetic))
+    jobs = [out / "arms" / a.slug / f"seed{s}.json" for a in arms for s in cfg.seeds]
+    for i in (0, 1, 2, 5):
+        jobs[i].unlink()
+    calls = []
+    real_fit = ExperimentData.fit_predict
+    monkeypatch.setattr(ExperimentData, "fit_predict", lambda self, arm, train, seed: (
+        calls.append((arm.slug, seed)) or real_fit(self, arm, train, seed)))
+    assert run_experiment("few-shot-sweep", cfg, out, report=False, rank=0, world_size=2) is None
+    assert [jobs[i].is_file() for i in (0, 1, 2, 5)] == [True, False, True, False]
+    assert len(calls) == 2 and not (out / "results.json").exists()
+    assert run_experiment("few-shot-sweep", cfg, out, report=False, rank=0, world_size=2) is None
+    assert len(calls) == 2                                  # a re-run rank recomputes nothing
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(var, raising=False)
+    res = run_experiment("few-shot-sweep", cfg, out, report=False)
+    assert len(calls) == 4 and all(p.is_file() for p in jobs)
+    rows = json.loads(res.read_text())["rows"]
+    assert [(r["arm"], r["seed"]) for r in rows] == [
+        (r["arm"], r["seed"]) for r in json.loads((done / "results.json").read_text())["rows"]]

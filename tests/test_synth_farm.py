@@ -15,17 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from medfake.engine.data.reader import DatasetInfo, iter_tar_samples, load_split
-from medfake.engine.data.format import Sample
 from medfake.engine.core.atomic import sha256_file
+from medfake.engine.data.format import Sample
+from medfake.engine.data.reader import DatasetInfo, iter_tar_samples, load_split
 from medfake.engine.data.writer import write_shard
 from medfake.engine.diffusion.inpainting import render_mask, resize_image
 from medfake.engine.diffusion.sd_model import init_model
-from medfake.engine.synth.shard_pool import ShardPool, ShardWriter, encode_sample, tar_header
-from medfake.engine.synth.plan import Segment, SynthPlan, open_plan, resolve_rank
+from medfake.engine.synth.plan import (
+    PlanMismatchError,
+    Segment,
+    SynthPlan,
+    open_plan,
+    plan_samples,
+    resolve_rank,
+)
+from medfake.engine.synth.shard_pool import (
+    ShardPool,
+    ShardWriter,
+    encode_sample,
+    tar_header,
+)
 from medfake.pipelines.cli import main
-from medfake.engine.synth.plan import PlanMismatchError, plan_samples
 from medfake.pipelines.synth import SynthConfig, run_job, synth_status, synthesize
 
 # The farm job every subprocess test runs: 36 samples in 9 shards of 4. One thread per stream
@@ -275,14 +285,14 @@ def test_status_reports_and_repairs_a_damaged_job(model_dir, small_world, refere
     (out / "train-000003.tar").write_bytes((out / "train-000003.tar").read_bytes()[:1500])
     (out / ".train-000004.tar.tmp-otherhost-123").write_bytes(b"partial")
     with pytest.raises(SystemExit) as e:
-        main(["synth", "status", str(out), "--world-size", "2"])
+        main(["synth", "status", str(out), "--world-size", "2", "--checksums"])
     assert e.value.code == 1
     text = capsys.readouterr().out
     assert "6 done, 1 missing, 2 corrupt" in text
     assert "train-000001.tar (manifest without tar" in text
     assert "train-000002.tar (sha256 mismatch)" in text and "train-000003.tar (size" in text
     assert "stray temporary files" in text and "rank 1/2: 2/4 done" in text
-    st = synth_status(str(out), remove_corrupt_shards=True)
+    st = synth_status(str(out), checksums=True, remove_corrupt_shards=True)
     assert [s.name for s in st.by_state("missing")] == [f"train-00000{i}.tar" for i in (1, 2, 3)]
     synthesize(SynthConfig(str(model_dir), str(hospital), str(out), **JOB))
     assert _tars(out) == _tars(reference)
@@ -409,3 +419,75 @@ def test_concurrent_plan_creation_is_write_once(tmp_path):
     assert plans[0].to_json() == plans[1].to_json()
     with pytest.raises(PlanMismatchError, match="steps: 2 -> 4"):
         open_plan(tmp_path, {**params, "steps": 4}, (3,))
+
+
+def test_live_writers_temporaries_are_never_stray_and_publish_never_replaces(tmp_path):
+    """A temporary file held by a writer (flock) or owned by a running process of this host is
+    live: never listed as stray. Two writers of one shard: identical bytes are accepted,
+    different bytes are refused naming this writer, the published shard untouched."""
+    from medfake.engine.core.errors import DatasetError
+    from medfake.engine.synth.files import (
+        _HOST,
+        live_temporaries,
+        open_locked,
+        stray_temporaries,
+        temp_name,
+    )
+    held = open_locked(temp_name(tmp_path / "train-000000.tar"))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        other = tmp_path / f".train-000001.tar.tmp-{_HOST}-{sleeper.pid}-abcd1234"
+        other.write_bytes(b"x")
+        dead = tmp_path / ".train-000002.tar.tmp-otherhost-1-abcd1234"
+        dead.write_bytes(b"x")
+        assert stray_temporaries(tmp_path) == [dead]
+        assert sorted(live_temporaries(tmp_path)) == sorted([Path(held.name), other])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        held.close()
+    assert len(stray_temporaries(tmp_path)) == 3 and live_temporaries(tmp_path) == []
+
+    def writer(cls: int) -> ShardWriter:
+        w = ShardWriter(tmp_path / "out", "train", 0, ["a", "b"])
+        w.add("k0", cls, [("png", b"img"), ("cls", str(cls).encode())])
+        return w
+
+    (tmp_path / "out").mkdir()
+    first, twin, rival = writer(0), writer(0), writer(1)
+    first.finish()
+    published = (tmp_path / "out" / "train-000000.tar").read_bytes()
+    twin.finish()                                    # identical: accepted
+    with pytest.raises(DatasetError, match=r"published by another writer .* while this writer "
+                                           r"\(.+:\d+\) wrote different bytes"):
+        rival.finish()
+    assert (tmp_path / "out" / "train-000000.tar").read_bytes() == published
+    assert not list((tmp_path / "out").glob(".*tmp-*"))
+
+
+def test_duplicate_launch_on_one_rank_never_deletes_a_live_shard(model_dir, small_world,
+                                                                 tmp_path):
+    """A second run on the same rank and output while another writer is mid-shard (a SLURM
+    requeue while the old task lives), deterministic: the live writer's temporary shard
+    (flock held) is neither deleted nor rewritten, the run skips it and exits cleanly; once
+    that writer is gone a re-run completes the job byte-identical to a single run."""
+    from medfake.engine.synth.files import open_locked, temp_name
+    _, hospital = small_world
+    out = tmp_path / "syn"
+    out.mkdir()
+    job = {**JOB, "per_class": 4, "threads": 1}           # 12 samples in 3 shards of 4
+    live = open_locked(temp_name(out / "train-000001.tar"))
+    live.write(b"half a shard")
+    try:
+        res = run_job(SynthConfig(str(model_dir), str(hospital), str(out), **job))
+        assert Path(live.name).exists(), "a live writer's temporary file was deleted"
+        assert not res.complete and not (out / "train-000001.tar").exists()
+        assert (out / "train-000000.tar").exists() and (out / "train-000002.tar").exists()
+        assert synth_status(str(out)).live == [Path(live.name)]
+    finally:
+        live.close()                                       # that writer dies mid-shard
+    assert run_job(SynthConfig(str(model_dir), str(hospital), str(out), **job)).complete
+    single = run_job(SynthConfig(str(model_dir), str(hospital), str(tmp_path / "single"), **job))
+    assert _tars(out) == _tars(single.out) and len(_tars(out)) == 3
+    assert (out / "dataset.json").read_bytes() == (single.out / "dataset.json").read_bytes()
+    assert not list(out.glob(".*tmp-*"))

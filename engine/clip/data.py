@@ -11,18 +11,24 @@ Stream contract (``ClipStream``):
   ``ceil(shards / slots)`` shards with replacement instead (for many nodes). A source with
   fewer shards than slots falls back to a sample split: every slot reads every shard and keeps
   every ``slots``-th sample (logged once; more reading, same coverage).
-* Records of a pass go through a webdataset shuffle buffer seeded per (slot, pass), then
-  several sources are mixed by weight (``--mix DIR:WEIGHT``); the choice for the ``n``-th
-  record of a slot is a hash of ``(seed, slot, n)``.
-* Bad records (corrupt or missing PNG, wrong mode or size, empty caption, unreadable tar) are
-  skipped and counted in a ``SkipLog``, which warns at a limited rate.
+* A pass's shard list is cut into *windows* of consecutive shards holding about
+  ``shuffle_buffer`` samples; a window is read whole and shuffled with a seed of
+  ``(seed, source, slot, pass, window)`` (what a shuffle buffer does, but seekable). Several
+  sources are mixed by weight (``--mix DIR:WEIGHT``); the choice for the ``n``-th record of a
+  slot is a hash of ``(seed, slot, n)``.
+* Images may be ``png``, ``webp`` or ``jpg`` (whatever ``synth --format`` wrote). Bad records
+  (corrupt or missing image, wrong mode or size, empty caption, unreadable tar) are skipped and
+  counted in a ``SkipLog``, which warns at a limited rate. A stream that skips every sample of a
+  shard, or ``max_skip_run`` records in a row, stops with one ``DatasetError`` naming the
+  source and the reasons (no silent spin).
 * Augmentation of the ``n``-th record is seeded by ``(seed, slot, n)`` (torch's CPU generator,
   forked so the caller's RNG is untouched), so it does not depend on what came before.
 
-So the position of a slot is ``{"passes": [[pass, consumed], ...], "n": records, "skips"}``;
-each batch carries the state after it. ``ClipStream(states=...)`` resumes there by replaying
-only the current pass of each source without decoding (tar reading and the shuffle buffer),
-which reproduces the uninterrupted stream exactly. DataLoader workers take batches round-robin;
+So the position of a slot is ``{"passes": [[pass, consumed, window, offset], ...], "n":
+records, "skips"}``; each batch carries the state after it. ``ClipStream(states=...)`` resumes
+there by seeking: it reads only the shards of the window it stopped in (the shard order of a
+pass is known from the seed) and skips ``offset`` records without decoding, which reproduces
+the uninterrupted stream exactly in time independent of the dataset size. DataLoader workers take batches round-robin;
 ``role_offset`` rotates worker roles so a resumed loader starts with the worker that was next.
 """
 from __future__ import annotations
@@ -47,6 +53,7 @@ from torchvision.transforms import v2
 
 from ..core.errors import DatasetError
 from ..data.augmentation import augmentation
+from ..data.format import IMAGE_EXTS, image_member
 from ..data.reader import DatasetInfo, SkipLog
 
 log = logging.getLogger(__name__)
@@ -191,6 +198,7 @@ class StreamConfig:
     workers: int = 1
     resampled: bool = False
     augment: str = "openclip"
+    max_skip_run: int = 10_000      # this many skipped records in a row stop the stream
 
 
 def _unit(base: int, n: int) -> float:
@@ -204,14 +212,22 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+_WANTED = tuple(f".{e}" for e in (*IMAGE_EXTS, "txt"))
+
+
 def _wanted_member(name: str) -> bool:
-    """Only the image and caption of a sample are read from the tar (metadata is skipped)."""
-    return name.endswith((".png", ".txt"))
+    """Only the image (``png``, ``webp`` or ``jpg``) and caption of a sample are read from
+    the tar (metadata is skipped)."""
+    return name.endswith(_WANTED)
 
 
 class _Replay:
     """A mutable flag: while set, tar errors are not counted again (they were before a resume)."""
     on = False
+
+
+def _reasons(skips: SkipLog) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(skips.counts.items())) or "tar errors"
 
 
 def _skip_handler(skips: SkipLog, replay: _Replay) -> Callable[[Exception], bool]:
@@ -276,55 +292,90 @@ class ClipStream(IterableDataset):
             return urls
         return urls[self.rank::self.world][role::self.n_roles]
 
+    def _window_shards(self, si: int) -> int:
+        """Shards per shuffle window: enough to hold ``shuffle_buffer`` samples (1 without
+        shuffling), from the source's mean shard size in ``dataset.json``."""
+        src = self.sources[si]
+        if self.cfg.shuffle_buffer <= 1:
+            return 1
+        per_shard = max(1.0, src.count / max(1, len(src.urls)))
+        return max(1, round(self.cfg.shuffle_buffer / per_shard))
+
+    def _read_window(self, si: int, slot: int, urls: list[str], handler) -> list[dict]:
+        """The raw records of ``urls`` (one window), sample-split if needed; each carries
+        ``__shard_n__``, how many records its shard gave this window (for the all-skipped check)."""
+        recs = list(wds.tarfile_samples([{"url": u} for u in urls], handler=handler,
+                                        select_files=_wanted_member))
+        if self.sample_split[si]:
+            recs = [r for i, r in enumerate(recs) if i % self.n_slots == slot]
+        per_url: dict[str, int] = {}
+        for r in recs:
+            per_url[r.get("__url__", "?")] = per_url.get(r.get("__url__", "?"), 0) + 1
+        for r in recs:
+            r["__shard_n__"] = per_url[r.get("__url__", "?")]
+        return recs
+
     def _records(self, si: int, slot: int, role: int, pos: list[int], skips: SkipLog
                  ) -> Iterator[dict]:
-        """Raw records of source ``si`` from position ``pos = [pass, consumed]`` (updated)."""
+        """Raw records of source ``si`` from position ``pos`` (updated in place).
+
+        ``pos = [pass, consumed, window, offset]``: a pass's shard list (``_pass_urls``, fixed
+        by the seed) is cut into windows of ``_window_shards`` consecutive shards; a window is
+        read whole and shuffled with seed ``(seed, source, slot, pass, window)``. So resuming
+        reads only the window it stopped in and skips ``offset`` records of it: bounded work,
+        independent of the dataset size. (A two-entry ``[pass, consumed]`` position skips
+        ``consumed`` records from the pass's start.)"""
         replay = _Replay()
         handler = _skip_handler(skips, replay)
         empty_passes = 0
+        g = self._window_shards(si)
+        if len(pos) == 2:
+            pos.extend([0, pos[1]])
         while True:
-            p, skip = pos
+            p, _, first, skip = pos
             urls = self._pass_urls(si, slot, role, p)
-            recs: Iterator[dict] = wds.tarfile_samples([{"url": u} for u in urls],
-                                                       handler=handler,
-                                                       select_files=_wanted_member)
-            if self.sample_split[si]:
-                recs = (r for i, r in enumerate(recs) if i % self.n_slots == slot)
-            if self.cfg.shuffle_buffer > 1:
-                recs = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer,
-                                   rng=random.Random(_seed(self.cfg.seed, "buffer", si, slot, p))
-                                   )(recs)
-            replay.on = skip > 0
             got = 0
-            for rec in recs:
-                got += 1
-                if got <= skip:
-                    continue
+            for w in range(first, -(-len(urls) // g)):
+                replay.on = skip > 0
+                recs = self._read_window(si, slot, urls[w * g:(w + 1) * g], handler)
                 replay.on = False
-                pos[1] = got
-                yield rec
+                if self.cfg.shuffle_buffer > 1:
+                    random.Random(_seed(self.cfg.seed, "window", si, slot, p, w)).shuffle(recs)
+                got += len(recs)
+                if skip >= len(recs):
+                    skip -= len(recs)
+                    continue
+                for r in recs:
+                    r["__window__"] = (p, w)
+                for off in range(skip, len(recs)):
+                    pos[1], pos[2], pos[3] = pos[1] + 1, w, off + 1
+                    yield recs[off]
+                skip = 0
             empty_passes = empty_passes + 1 if got == 0 else 0
             if empty_passes > max(3, len(self.sources[si].urls)):
                 raise DatasetError(f"source {self.sources[si].name} yields no readable samples "
                                    f"for rank {self.rank} worker {role}: its shards are empty "
                                    f"or corrupt")
-            pos[0], pos[1] = p + 1, 0
+            pos[:] = [p + 1, 0, 0, 0]
 
     # -- decoding -----------------------------------------------------------------------------
 
     def _decode(self, rec: dict, skips: SkipLog) -> tuple[torch.Tensor, str] | None:
         where = f"{os.path.basename(str(rec.get('__url__', '?')))}:{rec.get('__key__', '?')}"
-        if "png" not in rec:
+        ext = image_member(rec)
+        if ext is None:
             skips.skip("missing_png", where)
             return None
+        want = "L" if self.sources[0].channels == 1 else "RGB"
         try:
-            with Image.open(io.BytesIO(rec["png"])) as im:
+            with Image.open(io.BytesIO(rec[ext])) as im:
+                if ext == "webp" and want == "L" and im.mode == "RGB":
+                    im = im.convert("L")   # WebP stores grayscale as RGB
                 im.load()
                 mode, size, arr = im.mode, im.size, np.asarray(im)
         except Exception as e:  # PIL raises many types for corrupt data
             skips.skip("corrupt_png", where, type(e).__name__)
             return None
-        want = "L" if self.sources[0].channels == 1 else "RGB"
         if mode != want:
             skips.skip("wrong_mode", where, f"{mode}, expected {want}")
             return None
@@ -345,7 +396,36 @@ class ClipStream(IterableDataset):
     # -- iteration ----------------------------------------------------------------------------
 
     def initial_state(self) -> dict:
-        return {"passes": [[0, 0] for _ in self.sources], "n": 0, "skips": {}}
+        return {"passes": [[0, 0, 0, 0] for _ in self.sources], "n": 0, "skips": {}}
+
+    def _check_progress(self, si: int, rec: dict, ok: bool, run: int, shards: dict,
+                        skips: SkipLog) -> None:
+        """Stop with one error if ``max_skip_run`` records in a row were skipped, or every
+        record of one shard (in one window) was: a format or dataset problem, not bad luck.
+        ``shards`` maps (source, pass, window, shard) -> [records seen, decoded]."""
+        name = self.sources[si].name
+        url = str(rec.get("__url__", "?"))
+        key = (si, *rec.get("__window__", (0, 0)), url)
+        seen = shards.setdefault(key, [0, 0])
+        seen[0] += 1
+        seen[1] += ok
+        if seen[0] >= int(rec.get("__shard_n__", 0)):
+            del shards[key]
+            if seen[1] == 0 and seen[0] > 1:
+                raise DatasetError(
+                    f"clip data source {name}: every sample of shard {os.path.basename(url)} "
+                    f"was skipped ({_reasons(skips)}). Check the dataset with `medfake data "
+                    f"check {os.path.dirname(url)}` (images must be {self._want()})")
+        if run >= self.cfg.max_skip_run:
+            raise DatasetError(
+                f"clip data source {name}: the last {run} records were all skipped "
+                f"({_reasons(skips)}); no progress. Check the dataset with `medfake data check` "
+                f"(images must be {self._want()})")
+
+    def _want(self) -> str:
+        src = self.sources[0]
+        return (f"{src.image_size}x{src.image_size} "
+                f"{'grayscale' if src.channels == 1 else 'RGB'} {'/'.join(IMAGE_EXTS)}")
 
     def iter_role(self, role: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """The batches of worker role ``role`` on this rank (what a DataLoader worker runs)."""
@@ -363,6 +443,7 @@ class ClipStream(IterableDataset):
         texts: list[str] = []
         seeds: list[int] = []
         keys: list[str] = []
+        run, shards = 0, {}
         while True:
             n = state["n"]
             si = 0 if len(readers) == 1 else min(
@@ -371,6 +452,8 @@ class ClipStream(IterableDataset):
             rec = next(readers[si])
             state["n"] = n + 1
             got = self._decode(rec, skips)
+            run = 0 if got is not None else run + 1
+            self._check_progress(si, rec, got is not None, run, shards, skips)
             if got is None:
                 continue
             keys.append(f"{self.sources[si].name}/{rec.get('__key__', '?')}")

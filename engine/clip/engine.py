@@ -36,7 +36,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..core.atomic import atomic_write_bytes, fsync_dir
 from ..core.distributed import barrier, import_deepspeed, rank
+from ..core.errors import DatasetError
 from ..core.trust import sign_checkpoint, verify_checkpoint
 from ..training.accel import Precision
 
@@ -161,10 +163,22 @@ class CheckpointDir:
         return f"step{step:08d}"
 
     def latest(self) -> str | None:
+        """The tag ``ROOT/latest`` names, None if there is no pointer; an empty or corrupt
+        pointer, or one naming a missing checkpoint, raises ``DatasetError`` saying the fix."""
         f = self.root / "latest"
         if not f.is_file():
             return None
-        tag = f.read_text().strip()
+        try:
+            tag, readable = f.read_text().strip(), True
+        except (OSError, UnicodeDecodeError) as e:
+            tag, readable = f"<unreadable: {type(e).__name__}>", False
+        if not readable or not tag or "/" in tag or tag in (".", "..") or not tag.isprintable():
+            tags = sorted(p.name for p in self.root.iterdir()
+                          if p.is_dir() and p.name.startswith("step"))
+            raise DatasetError(f"{f} is empty or corrupt ({tag!r}); it must name a checkpoint "
+                               f"directory of {self.root}" + (
+                                   f" (the newest is {tags[-1]}): write that name into it"
+                                   if tags else "") + ", or delete it to start over")
         if not (self.root / tag).is_dir():
             raise FileNotFoundError(f"{f} names checkpoint {tag!r}, which is missing; delete "
                                     f"{f} to start over or restore the directory")
@@ -179,9 +193,8 @@ class CheckpointDir:
         barrier()
         if rank() == 0:
             sign_checkpoint(self.path(tag))
-            tmp = self.root / ".latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, self.root / "latest")
+            fsync_dir(self.root / tag)            # the tag's files are durable ...
+            atomic_write_bytes(self.root / "latest", tag.encode())   # ... before the pointer
             tags = sorted(p.name for p in self.root.iterdir()
                           if p.is_dir() and p.name.startswith("step"))
             for old in tags[:-keep] if keep > 0 else []:

@@ -1,8 +1,10 @@
 """Atomic, fsynced file writes and disk-full detection, shared by every writer (shards,
 dataset.json, checkpoints, job files).
 
-Contract: ``atomic_write`` writes to a temporary name in the same directory, fsyncs, renames; the
-previous file survives any failure. A full disk or quota raises ``DiskFullError`` (a
+Contract: ``atomic_write`` writes to a temporary name in the same directory, fsyncs, renames and
+fsyncs the directory (``fsync_dir``: the rename itself survives a power loss); the previous file
+survives any failure. ``publish_no_replace`` publishes a complete temporary file under its final
+name only if that name is free (``os.link``), for files several writers may race to publish. A full disk or quota raises ``DiskFullError`` (a
 ``DatasetError``, so the CLI prints it as one line, and an ``OSError``).
 """
 from __future__ import annotations
@@ -24,6 +26,36 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync the directory ``path`` so renames, links and unlinks in it are durable. Every
+    publish (rename or link into place) calls this; file systems that cannot fsync a
+    directory (some network mounts, Windows) are skipped silently."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_no_replace(tmp: Path, final: Path) -> bool:
+    """Give the complete, fsynced file ``tmp`` the name ``final`` unless ``final`` exists
+    (``os.link``: atomic create-if-absent, never overwrites), fsync the directory and remove
+    ``tmp``. True if this call published it; False if ``final`` already existed (``tmp`` is
+    kept for the caller to compare)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    fsync_dir(final.parent)
+    tmp.unlink(missing_ok=True)
+    return True
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -43,6 +75,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any], what: str = "",
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFullError(f"disk full while writing {what or path}; the previous version "

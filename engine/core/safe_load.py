@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import fsync_dir
 from .errors import UntrustedCodeError
 from .trust import TRUST_FLAG, code_trusted
 
@@ -40,6 +41,7 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     return path
 
 

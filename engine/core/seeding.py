@@ -4,9 +4,6 @@ from __future__ import annotations
 import hashlib
 import random
 
-import numpy as np
-import torch
-
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (job seed, sample key, ...); stable across runs and hosts."""
@@ -15,6 +12,10 @@ def derive_seed(*parts: object) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (imported here: ``derive_seed`` users such as
+    ``synth status`` must not pay torch's import)."""
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..core.atomic import atomic_write_json, is_disk_full, sha256_file
+from ..core.atomic import atomic_write_json, fsync_dir, is_disk_full, sha256_file
 from ..core.errors import DatasetError, DiskFullError
 from .format import FORMAT, SHARD_RE, Sample, ShardRecord, encode_png, shard_name
 
@@ -53,6 +53,7 @@ def write_shard(root: str | os.PathLike, split: str, index: int, samples: Iterab
             os.fsync(f.fileno())
         digest = sha256_file(tmp)
         os.replace(tmp, final)
+        fsync_dir(root)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFullError(

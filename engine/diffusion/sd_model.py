@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 
+from ..core.atomic import atomic_write_json, fsync_dir
+from ..core.paths import cache_dir
 from ..core.trust import LEGACY_TRUST_ENV as TRUST_PICKLE_ENV  # noqa: F401  (deprecated name)
 from ..core.trust import code_trusted
 
 PRESET_DIR = Path(__file__).parents[1] / "presets" / "diffusion"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_HASH_CACHE = ".medfake_hash.json"
+_HASH_CACHE = ".medfake_hash.json"   # in-dir hash cache of older versions; removed on save
 
 
 class ModelDirError(ValueError):
@@ -164,7 +166,6 @@ def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = No
     import diffusers
     import transformers
 
-    from ..core.paths import cache_dir
 
     cfg = preset_config(preset)
     key = hashlib.sha256(json.dumps([cfg, seed, diffusers.__version__, transformers.__version__],
@@ -180,6 +181,7 @@ def cached_model(preset: str, seed: int = 0, root: str | os.PathLike | None = No
         init_model(preset, tmp, seed=seed)
         try:
             os.rename(tmp, final)
+            fsync_dir(base)
         except OSError:  # another process published it first: keep theirs
             if not (final / "model_index.json").is_file():
                 raise
@@ -278,19 +280,23 @@ def load_components(model_dir: str | os.PathLike, device: str = "cpu",
 def model_hash(model_dir: str | os.PathLike) -> str:
     """sha256 over model_index.json and every component's files (weights and configs).
 
-    Cached in ``<dir>/.medfake_hash.json`` keyed by (path, size, mtime), so re-hashing a
-    multi-GB checkpoint is instant while any change to a file invalidates it.
+    Cached under the medfake cache dir (``model_hash/<sha of the path>.json``), keyed by the
+    resolved path and every file's (name, size, mtime): re-hashing a multi-GB checkpoint is
+    instant, any change to a file invalidates it, and nothing is ever written into the user's
+    model directory (read-only or shared by many ranks). The cache is written atomically;
+    ranks racing on it write identical content.
     """
     d = check_model_dir(model_dir)
     files = [d / "model_index.json"] + sorted(
         p for c in COMPONENTS for p in (d / c).rglob("*") if p.is_file())
     stamp = [[str(p.relative_to(d)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = d / _HASH_CACHE
+    where = str(d.resolve())
+    cache = cache_dir("model_hash") / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
     try:
         cached = json.loads(cache.read_text())
-        if cached["stamp"] == stamp:
+        if cached["path"] == where and cached["stamp"] == stamp:
             return cached["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     h = hashlib.sha256()
     for p in files:
@@ -300,7 +306,7 @@ def model_hash(model_dir: str | os.PathLike) -> str:
                 h.update(chunk)
     digest = h.hexdigest()
     try:
-        cache.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
-    except OSError:  # read-only model dir: hashing still works, just not cached
+        atomic_write_json(cache, {"path": where, "stamp": stamp, "sha256": digest})
+    except OSError:  # read-only cache: hashing still works, just not cached
         pass
     return digest

@@ -56,6 +56,11 @@ _EXPORTS = {
     "shard_state": "status",
     "split_fingerprint": "sources",
     "stray_temporaries": "files",
+    "live_temporaries": "files",
+    "temp_is_live": "files",
+    "open_locked": "files",
+    "synth_status": "status",
+    "shard_states": "status",
     "tar_header": "shard_pool",
     "temp_name": "files",
 }

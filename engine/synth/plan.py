@@ -150,7 +150,14 @@ class SynthPlan:
         return out
 
     def shard_keys(self, shard: int) -> list[str]:
-        return [s.key for s in self.shard_samples(shard)]
+        """The keys of ``shard`` (what ``shard_samples`` holds, without prompts and seeds)."""
+        seg, pos, n = self._locate(shard)
+        names, out = self.class_names, []
+        for c, i in seg.iter_from(pos):
+            out.append(sample_key(names[c], i))
+            if len(out) == n:
+                break
+        return out
 
     def rank_shards(self, rank: int, world_size: int) -> list[int]:
         """The static share of rank ``rank``: shards ``i`` with ``i % world_size == rank``."""

@@ -7,9 +7,12 @@ the optional curation; one writer thread appends the encoded members, in submiss
 the shard they belong to and publishes a shard when its last batch arrives. Errors surface in
 the submitting thread at the next ``submit``/``close``; an unfinished shard is never visible.
 
-``ShardWriter`` streams one shard to a temporary file while hashing it, then fsyncs and renames
-it and writes its manifest, exactly as ``dataset.write_shard`` would (same tar bytes for PNG,
-same manifest fields, plus ``bytes``, ``image_format`` and the curation's ``dropped`` list).
+``ShardWriter`` streams one shard to a temporary file while hashing it (holding an ``flock`` on
+it, so no other process takes it for a killed writer's leftover), then fsyncs it, publishes it
+without replacing anything (``core.atomic.publish_no_replace``: a shard another writer already
+published is accepted if byte-identical, an error naming both otherwise) and writes its
+manifest, exactly as ``dataset.write_shard`` would (same tar bytes for PNG, same manifest
+fields, plus ``bytes``, ``image_format`` and the curation's ``dropped`` list).
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..core.atomic import is_disk_full
+from ..core.atomic import is_disk_full, publish_no_replace, sha256_file
 from ..core.errors import DatasetError, DiskFullError
 from ..data.format import Sample, ShardRecord, encode_image, shard_name
-from .files import json_bytes, replace_if_different, temp_name
+from .files import json_bytes, open_locked, replace_if_different, temp_name, writer_id
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class ShardWriter:
         self.image_format = image_format
         self.final = self.root / shard_name(split, index)
         self.tmp = temp_name(self.final)
-        self._f = open(self.tmp, "wb", buffering=1 << 20)
+        self._f = open_locked(self.tmp, buffering=1 << 20)
         self._hash = hashlib.sha256()
         self._size = 0
         self.keys: list[str] = []
@@ -103,16 +106,20 @@ class ShardWriter:
                 self._write(b"\0" * (tarfile.RECORDSIZE - self._size % tarfile.RECORDSIZE))
             self._f.flush()
             os.fsync(self._f.fileno())
+            digest = self._hash.hexdigest()
+            published = publish_no_replace(self.tmp, self.final)   # still locked: ours
+            if not published:
+                self._accept_existing(digest)
             self._f.close()
-            os.replace(self.tmp, self.final)
-            record = ShardRecord(self.final.name, self._hash.hexdigest(), len(self.keys),
-                                 self.per_class)
+            self.tmp.unlink(missing_ok=True)
+            record = ShardRecord(self.final.name, digest, len(self.keys), self.per_class)
             manifest = {**record.__dict__, "keys": self.keys, "bytes": self._size,
                         "image_format": self.image_format, **(manifest_extra or {})}
             try:
                 replace_if_different(self.final.with_suffix(".json"), json_bytes(manifest))
             except BaseException:
-                self.final.unlink(missing_ok=True)   # never a shard without its manifest
+                if published:
+                    self.final.unlink(missing_ok=True)   # never a shard without its manifest
                 raise
             return record
         except OSError as e:
@@ -123,6 +130,29 @@ class ShardWriter:
                                     f"before is intact. Free space and re-run the same command."
                                     ) from e
             raise
+        except BaseException:
+            self.abort()
+            raise
+
+    def _accept_existing(self, digest: str) -> None:
+        """Another writer published this shard first: fine if it holds exactly our bytes."""
+        try:
+            size = self.final.stat().st_size
+            same = size == self._size and sha256_file(self.final) == digest
+        except FileNotFoundError:      # removed meanwhile (--remove-corrupt): publish ours
+            if publish_no_replace(self.tmp, self.final):
+                return
+            size, same = -1, False
+        if same:
+            log.info("%s was published meanwhile by another writer with identical bytes; "
+                     "keeping it", self.final.name)
+            return
+        raise DatasetError(
+            f"{self.final} was published by another writer (size {size}) while this writer "
+            f"({writer_id()}) wrote different bytes (size {self._size}, sha256 {digest[:12]}): "
+            f"two different jobs or versions write the same output. The published shard is "
+            f"untouched and this one is dropped; stop the other writer, check with `medfake "
+            f"synth status {self.root} --checksums`, then re-run.")
 
     def abort(self) -> None:
         """Drop the unfinished shard (its temporary file)."""
