@@ -104,7 +104,7 @@ def test_old_flag_spellings_and_choices_are_kept():
         assert not set(flags) - strings, (command, set(flags) - strings)
     a = actions("synth")
     assert a["mask_scale"].nargs == 2 and a["mask_scale"].metavar == ("MIN", "MAX")
-    assert list(a["backend"].choices) == ["auto", "torch", "onnx", "tensorrt"]
+    assert list(a["backend"].choices) == ["auto", "torch", "onnx", "tensorrt", "openvino"]
     assert SynthConfig.__dataclass_fields__["backend"].default == "auto"  # what the docs say
     assert list(a["mode"].choices) == ["txt2img", "inpaint", "outpaint", "inpaint-outpaint"]
     c = actions("train clip")
