@@ -20,9 +20,15 @@ def medfake_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _untrusted_by_default(monkeypatch):
     """No test inherits trust from another: a CLI call with --trust-code sets
-    $MEDFAKE_TRUST_CODE in this process, and monkeypatch undoes it after each test."""
-    for name in ("MEDFAKE_TRUST_CODE", "MEDFAKE_TRUST_PICKLE"):
-        monkeypatch.delenv(name, raising=False)
+    $MEDFAKE_TRUST_CODE in this process (os.environ, not monkeypatch), so the variables are
+    removed before and after every test."""
+    import os
+    names = ("MEDFAKE_TRUST_CODE", "MEDFAKE_TRUST_PICKLE")
+    for name in names:
+        os.environ.pop(name, None)
+    yield
+    for name in names:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -78,10 +78,9 @@ def test_malicious_deepspeed_checkpoint_never_runs(tmp_path, monkeypatch):
     (d / "extra.pt").write_bytes(b"x")
     sign_foreign = tmp_path / "other-user-cache"
     # nor when it is signed under another user's (machine's) key
-    monkeypatch.setenv("MEDFAKE_CACHE", str(sign_foreign))
-    sign_checkpoint(d)
-    monkeypatch.undo()
-    monkeypatch.setattr("medfake.engine.clip.loop._set_rng_state", lambda s: None)
+    with pytest.MonkeyPatch.context() as mp:   # not monkeypatch.undo(): that would also
+        mp.setenv("MEDFAKE_CACHE", str(sign_foreign))   # undo conftest's trust reset
+        sign_checkpoint(d)
     with pytest.raises(UntrustedCodeError, match="another user's or machine's key"):
         resume_checkpoint(_ds_engine(), own)
     (d / MANIFEST).write_text("{not json")
