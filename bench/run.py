@@ -64,9 +64,9 @@ def main(argv: list[str]) -> int:
         base = g["baseline"][0]
         base_rate = _rate(base)
         for c in sorted(g["candidate"], key=_rate, reverse=True):
-            rows.append(f"| {stamp} | {group} | {c['name']}: {_rate(c):.2f} {_unit(c)}/s | "
+            rows.append(f"| {group} | {c['name']}: {_rate(c):.2f} {_unit(c)}/s | "
                         f"{base['name']}: {base_rate:.2f} {_unit(base)}/s | "
-                        f"**{_rate(c) / base_rate:.2f}x** |")
+                        f"**{_rate(c) / base_rate:.2f}x** | {stamp} |")
     from medfake.engine.core import capabilities as cap
     gpu = ("GPU section: ran." if cap.cuda().available else
            f"GPU section (bench_gpu.py: TensorRT vs ORT-CUDA vs torch+xformers): skipped, "
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> int:
                f"average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     section = [f"## `make bench` (`python bench/run.py`), {stamp}", "",
                f"{machine}.", "",
-               "| measured | benchmark | candidate | baseline | ratio (candidate rate / "
-               "baseline rate) |", "|---|---|---|---|---|", *rows, "", f"{stamp}: {gpu}", ""]
+               "| benchmark | candidate | baseline | ratio (candidate rate / baseline rate) | "
+               "measured |", "|---|---|---|---|---|", *rows, "", f"{stamp}: {gpu}", ""]
     results = HERE / "RESULTS.md"
     old = results.read_text() if results.exists() else ""
     # Everything of the old file from its first section on (earlier runs, other scripts' rows),
