@@ -19,9 +19,11 @@ Protocol, fixed before any result was seen:
   never saw the hospital domain. Every arm adds exactly ``--per-class`` extra images per class.
 * Routes and their settings grids (``ROUTES``). A route with several settings is run with each
   on every seed; its setting is then chosen by mean accuracy on the hospital **val** split over
-  the seeds (ties: the first in the grid), written to ``choice.json`` with every val score,
-  and only then is the test split loaded and the chosen setting's saved classifiers evaluated
-  on it. The test split is never read before ``choice.json`` exists.
+  the seeds (ties: the first in the grid), written to ``<route>/choice.json`` with every val
+  score, and only then is the test split loaded and the chosen setting's saved classifiers
+  evaluated on it. The test split is never read before that route's ``choice.json`` exists.
+  Routes may run on different seed lists (the expensive ones on fewer); differences are paired
+  over the seeds both arms share.
 * Classifier: the small CNN of ``engine.evaluation.classifiers`` as in ``medfake run``'s CNN
   arms (200 Adam steps, batch 64, lr 1e-3, no augmentation, seed s), one thread.
 * Report: per route mean test accuracy and macro AUC with the t 95% CI over seeds, and the
@@ -216,46 +218,44 @@ def run_val(a) -> None:
                          setting_id(setting), m["accuracy"], row["total_seconds"])
 
 
-def select(a) -> dict:
-    """Per route, the setting with the best mean val accuracy over the seeds (all must be
-    done); written to choice.json with every setting's val scores."""
+def select(a, route: str) -> dict:
+    """The setting of ``route`` with the best mean val accuracy over the seeds (all must be
+    done); written to ``<cell>/<route>/choice.json`` with every setting's val scores."""
     cell = _cell_dir(a, a.k)
-    choice: dict[str, Any] = {"k": a.k, "world": a.world, "seeds": a.seeds, "routes": {}}
-    for route in a.routes:
-        scores = []
-        for setting in ROUTES[route]:
-            rows = [cell / route / setting_id(setting) / f"seed{s}" / "val.json" for s in a.seeds]
-            missing = [str(p.parent) for p in rows if not p.is_file()]
-            if missing:
-                raise SystemExit(f"val results missing for {missing[:3]}...: run without "
-                                 f"--phase first")
-            acc = [json.loads(p.read_text())["val_accuracy"] for p in rows]
-            scores.append({"setting": setting, "id": setting_id(setting),
-                           "val_accuracy_mean": float(np.mean(acc)), "val_accuracy": acc})
-        best = max(range(len(scores)), key=lambda i: (scores[i]["val_accuracy_mean"], -i))
-        choice["routes"][route] = {"chosen": scores[best]["id"], "val": scores}
-    (cell / "choice.json").write_text(json.dumps(choice, indent=1))
+    scores = []
+    for setting in ROUTES[route]:
+        rows = [cell / route / setting_id(setting) / f"seed{s}" / "val.json" for s in a.seeds]
+        missing = [str(p.parent) for p in rows if not p.is_file()]
+        if missing:
+            raise SystemExit(f"val results missing for {missing[:3]}: run with --phase val "
+                             f"first")
+        acc = [json.loads(p.read_text())["val_accuracy"] for p in rows]
+        scores.append({"setting": setting, "id": setting_id(setting),
+                       "val_accuracy_mean": float(np.mean(acc)), "val_accuracy": acc})
+    best = max(range(len(scores)), key=lambda i: (scores[i]["val_accuracy_mean"], -i))
+    choice = {"world": a.world, "k": a.k, "route": route, "seeds": a.seeds,
+              "chosen": scores[best]["id"], "val": scores}
+    (cell / route / "choice.json").write_text(json.dumps(choice, indent=1))
     return choice
 
 
-def run_test(a, choice: dict) -> list[dict]:
-    """Evaluate the chosen setting's saved classifiers on the test split (read only now)."""
+def run_test(a, route: str, choice: dict) -> list[dict]:
+    """Evaluate ``route``'s chosen-setting classifiers on the test split, which is loaded only
+    here, after its ``choice.json`` was written; rows in ``<cell>/<route>/test.json``."""
     test = load_split(a.hospital, "test")
     cell = _cell_dir(a, a.k)
     rows = []
-    for route, c in choice["routes"].items():
-        for seed in a.seeds:
-            arm_dir = cell / route / c["chosen"] / f"seed{seed}"
-            model = create_classifier("small-cnn", len(CLASS_NAMES), in_ch=1,
-                                      image_size=test.images.shape[1])
-            model.load_state_dict(torch.load(arm_dir / "cnn.pt", weights_only=True))
-            model.eval()
-            m = classification_metrics(test.labels, predict_proba(model, test.images),
-                                       CLASS_NAMES)
-            v = json.loads((arm_dir / "val.json").read_text())
-            rows.append({**v, "arm": route, "accuracy": m["accuracy"],
-                         "macro_auc": m["macro_auc"], "chosen": c["chosen"]})
-    (cell / "test.json").write_text(json.dumps(rows, indent=1))
+    for seed in choice["seeds"]:
+        arm_dir = cell / route / choice["chosen"] / f"seed{seed}"
+        model = create_classifier("small-cnn", len(CLASS_NAMES), in_ch=1,
+                                  image_size=test.images.shape[1])
+        model.load_state_dict(torch.load(arm_dir / "cnn.pt", weights_only=True))
+        model.eval()
+        m = classification_metrics(test.labels, predict_proba(model, test.images), CLASS_NAMES)
+        v = json.loads((arm_dir / "val.json").read_text())
+        rows.append({**v, "arm": route, "accuracy": m["accuracy"], "macro_auc": m["macro_auc"],
+                     "chosen": choice["chosen"]})
+    (cell / route / "test.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -272,22 +272,30 @@ def _beats(m: float, h: float) -> str:
     return "**yes**" if m - h > 0 else ("worse" if m + h < 0 else "no (CI includes 0)")
 
 
-def cell_report(rows: list[dict], choice: dict) -> list[str]:
-    by = {}
-    for r in rows:
-        by.setdefault(r["arm"], []).append(r)
-    lines = [f"### world `{choice['world']}`, k={choice['k']} (seeds {choice['seeds']})", "",
-             "| route | chosen on val (val acc %) | test acc % (95% CI) | macro AUC % | "
-             "vs real-only (pp) | beats real-only | vs control (pp) | beats control |",
-             "|---|---|---|---|---|---|---|---|"]
+def load_cell(cell: Path) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Test rows and val choices of every route of one (world, k) cell that has been tested."""
+    rows, choices = {}, {}
+    for route in ROUTES:
+        t, c = cell / route / "test.json", cell / route / "choice.json"
+        if t.is_file() and c.is_file():
+            rows[route], choices[route] = json.loads(t.read_text()), json.loads(c.read_text())
+    return rows, choices
+
+
+def cell_report(world: str, k: int, by: dict[str, list[dict]],
+                choices: dict[str, dict]) -> list[str]:
+    lines = [f"### world `{world}`, k={k}", "",
+             "| route | seeds | setting chosen on val (mean val acc % per setting) | test acc % "
+             "(t 95% CI) | macro AUC % | vs real-only, pp (paired 95% CI) | beats real-only | "
+             "vs control, pp | beats control |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for route, rs in by.items():
         acc = np.array([r["accuracy"] for r in rs])
         auc = np.array([r["macro_auc"] for r in rs])
-        c = choice["routes"][route]
+        c = choices[route]
         vals = ", ".join(f"{s['id']}: {100 * s['val_accuracy_mean']:.1f}" for s in c["val"])
-        cells = [route, f"{c['chosen']} ({vals})",
-                 f"{100 * acc.mean():.1f} +- {100 * _t_half(acc):.1f}",
-                 f"{100 * auc.mean():.1f}"]
+        cells = [route, ",".join(map(str, c["seeds"])), f"{c['chosen']} ({vals})",
+                 f"{100 * acc.mean():.1f} +- {100 * _t_half(acc):.1f}", f"{100 * auc.mean():.1f}"]
         for ref in ("real-only", "control"):
             if route == ref or ref not in by:
                 cells += ["", ""]
@@ -299,32 +307,30 @@ def cell_report(rows: list[dict], choice: dict) -> list[str]:
 
 
 def report(work: Path) -> str:
-    out = ["# Routes at equal counts (bench/routes.py)", ""]
-    verdict = ["## Verdict", ""]
-    tables = ["## Results", ""]
-    for choice_path in sorted(work.glob("*/k*/choice.json")):
-        test_path = choice_path.with_name("test.json")
-        if not test_path.is_file():
+    """Markdown: a Verdict (per world and k, which routes beat real-only and which beat the
+    equal-count control, CI excluding 0) and one table per (world, k)."""
+    verdict, tables = ["## Verdict", ""], ["## Results", ""]
+    for cell in sorted(work.glob("*/k*"), key=lambda p: (p.parent.name, int(p.name[1:]))):
+        by, choices = load_cell(cell)
+        if not by:
             continue
-        choice = json.loads(choice_path.read_text())
-        rows = json.loads(test_path.read_text())
-        tables += cell_report(rows, choice)
-        by = {}
-        for r in rows:
-            by.setdefault(r["arm"], []).append(r)
-        wins_real, wins_ctrl = [], []
+        world, k = cell.parent.name, int(cell.name[1:])
+        tables += cell_report(world, k, by, choices)
+        wins: dict[str, list[str]] = {"real-only": [], "control": []}
         for route, rs in by.items():
-            if route in ("real-only", "control"):
-                continue
-            for ref, wins in (("real-only", wins_real), ("control", wins_ctrl)):
-                if ref in by:
+            for ref in wins:
+                if route not in ("real-only", "control") and ref in by:
                     m, h, _ = paired_delta(rs, by[ref])
                     if math.isfinite(h) and m - h > 0:
-                        wins.append(f"{route} ({_fmt(m, h)} pp)")
-        verdict.append(f"- world `{choice['world']}`, k={choice['k']}, {len(choice['seeds'])} "
-                       f"seeds: beats real-only: {', '.join(wins_real) or 'none'}; beats the "
-                       f"equal-count control: {', '.join(wins_ctrl) or 'none'}.")
-    return "\n".join(out + verdict + [""] + tables)
+                        wins[ref].append(f"{route} ({_fmt(m, h)} pp)")
+        routes = [r for r in by if r not in ("real-only", "control")]
+        verdict.append(f"- world `{world}`, k={k} ({len(routes)} routes: {', '.join(routes)}): "
+                       f"beat real-only: {', '.join(wins['real-only']) or 'none'}; beat the "
+                       f"equal-count control: {', '.join(wins['control']) or 'none'}.")
+    head = ["# Routes at equal counts (`bench/routes.py`)", "",
+            "Small CNN on the real test split; paired differences over seeds (same seed = same "
+            "k real images); 'beats' only when the 95% CI excludes 0.", ""]
+    return "\n".join(head + verdict + [""] + tables)
 
 
 def main() -> None:
@@ -355,9 +361,10 @@ def main() -> None:
     (a.work / a.world).mkdir(parents=True, exist_ok=True)
     run_val(a)
     if a.phase == "all":
-        choice = select(a)
-        rows = run_test(a, choice)
-        print("\n".join(cell_report(rows, choice)))
+        for route in a.routes:
+            run_test(a, route, select(a, route))
+        by, choices = load_cell(_cell_dir(a, a.k))
+        print("\n".join(cell_report(a.world, a.k, by, choices)))
 
 
 if __name__ == "__main__":
