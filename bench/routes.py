@@ -362,6 +362,9 @@ def main() -> None:
     run_val(a)
     if a.phase == "all":
         for route in a.routes:
+            done = _cell_dir(a, a.k) / route / "choice.json"
+            if done.is_file() and set(a.seeds) <= set(json.loads(done.read_text())["seeds"]):
+                continue   # already chosen and tested on these seeds (and maybe more)
             run_test(a, route, select(a, route))
         by, choices = load_cell(_cell_dir(a, a.k))
         print("\n".join(cell_report(a.world, a.k, by, choices)))
