@@ -27,6 +27,7 @@ from medfake.engine.data.reader import DatasetInfo, load_split
 CLASS_WORD = re.compile(r"cyst|metasta|h(a)?emangiom|hepatic", re.IGNORECASE)
 SMALL = dict(n_public_per_class=4, n_train_per_class=3, n_val_per_class=1, n_test_per_class=2,
              seed=3, samples_per_shard=5)
+GEN = {**SMALL, "samples_per_shard": 200}  # few shards: fewer fsyncs
 
 
 def _sha(path) -> str:
@@ -35,7 +36,7 @@ def _sha(path) -> str:
 
 @pytest.fixture(scope="module")
 def general(tmp_path_factory):
-    cfg = PhantomConfig(world="general", corpus_size=600, **SMALL)
+    cfg = PhantomConfig(world="general", corpus_size=600, **GEN)
     return make_phantom_world(tmp_path_factory.mktemp("general"), cfg)
 
 
@@ -54,7 +55,7 @@ def test_near_world_is_byte_identical_to_before_the_general_world(tmp_path):
 
 
 def test_general_world_is_deterministic_and_says_so(general, tmp_path):
-    cfg = PhantomConfig(world="general", corpus_size=600, **SMALL)
+    cfg = PhantomConfig(world="general", corpus_size=600, **GEN)
     again = make_phantom_world(tmp_path, cfg)
     for a, b in zip(general, again):
         assert _sha(a) == _sha(b)
@@ -68,7 +69,7 @@ def test_general_world_is_deterministic_and_says_so(general, tmp_path):
 
 
 def test_hospital_is_the_same_task_with_appearance_prompts(general, tmp_path):
-    _, near_hospital = make_phantom_world(tmp_path, PhantomConfig(**SMALL))
+    _, near_hospital = make_phantom_world(tmp_path, PhantomConfig(**GEN))
     _, hospital = general
     info = DatasetInfo.load(hospital)
     assert info.class_names == CLASS_NAMES
@@ -171,7 +172,7 @@ def test_experiment_data_draws_the_control_by_retrieval(tmp_path):
     from medfake.pipelines.experiment_data import ExperimentData
     from medfake.pipelines.protocols import CONTROL
     cfg = ExperimentConfig.from_dict({"phantoms": {"world": "general", "corpus_size": 300,
-                                                   **SMALL}, "quality": False,
+                                                   **GEN}, "quality": False,
                                       "synthetic": {}}, profile="test")
     data = ExperimentData(cfg, tmp_path / "exp")
     assert data.control_corpus.world == "general" and data.names == CLASS_NAMES
