@@ -34,10 +34,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..engine.core.atomic import atomic_write_bytes, fsync_dir, sha256_file
+from ..engine.data.corpus_control import ControlCorpus
 from ..engine.data.format import SplitArrays
 from ..engine.data.reader import load_split
 from .configs.experiment import ExperimentConfig
-from .experiment_data import CI_METRICS, ExperimentData, draw_per_class
+from .experiment_data import CI_METRICS, ExperimentData
 from .protocols import PROTOCOLS, Arm, plan_arms, slugify
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def audit_source(name: str, synthetic_dir: Path, train: SplitArrays, enc: Any, o
 def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArrays,
                    class_names: list[str], out_dir: Path, encoder: str = "pixel",
                    threshold: float | None = None,
-                   control: SplitArrays | None = None) -> tuple[dict, dict]:
+                   control: ControlCorpus | None = None) -> tuple[dict, dict]:
     """Sample quality (vs the real test split) and memorization audit of each synthetic dataset
     dir; pair grids and histograms go to ``out_dir/memorization``.
 
@@ -144,7 +145,8 @@ def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArra
     conditioned synthesis and classic augmentation); only where that is not recorded against
     ``train`` (the real train split), and the result says which reference it used.
     ``control``: also the quality of the control corpus (as many images per class as the
-    largest source), the reference a generator should beat. Returns (quality, memorization)."""
+    largest source, drawn as the control arm draws them), the reference a generator should
+    beat. Returns (quality, memorization)."""
     from ..engine.evaluation.quality import load_encoder, quality_report
     enc = load_encoder(encoder)
     quality, memo, largest = {}, {}, 1
@@ -157,7 +159,7 @@ def assess_sources(sources: dict[str, Path], train: SplitArrays, test: SplitArra
                  quality[name]["overall"]["frechet_distance"],
                  quality[name]["overall"]["one_nn_accuracy"])
     if control is not None and sources:
-        sub = draw_per_class(control, largest, 0, len(class_names))
+        sub = control.draw(largest, 0)
         quality["control corpus (used directly)"] = quality_report(test, sub, enc, class_names)
     return quality, memo
 
@@ -286,13 +288,14 @@ def run_experiment(protocol: str, cfg: ExperimentConfig, out: str | os.PathLike,
     quality, memo = {}, {}
     if cfg.quality and ref:
         quality, memo = assess_sources(ref, data.train, data.test, data.names, out, cfg.encoder,
-                                       cfg.memorization_threshold, control=data.control)
+                                       cfg.memorization_threshold, control=data.control_corpus)
     source_dirs = {n: str(d) for n, d in ref.items()}
     results = {
         "format": FORMAT, "protocol": protocol, "config": asdict(cfg),
         "class_names": data.names, "n_test": len(data.test), "k_shot": cfg.k,
         "cap_extra_per_class": data.cap(),
         "datasets": {"real": str(data.real_dir), "control": str(data.control_dir),
+                     "control_draw": data.control_corpus.describe(),
                      "sources": {n: {**{k: v for k, v in s.items() if k != "dir"},
                                      "dir": source_dirs[n]} for n, s in data.sources.items()}},
         "arms": [asdict(a) for a in arms], "rows": rows, "summary": summarize_rows(rows),

@@ -2,7 +2,8 @@
 
 ``ExperimentData`` resolves the real dataset (default: the embedded phantom hospital, cached
 like ``medfake run``'s), the control corpus (default: the embedded public corpus, i.e. the
-generator's own training data) and the synthetic sources (existing dataset dirs, or generator
+generator's own training data; drawn by class label, or by caption retrieval for a corpus
+without the real classes: ``engine.data.corpus_control``) and the synthetic sources (existing dataset dirs, or generator
 specs built with ``pipelines.generators.make_synthetic_dataset`` under ``<out>/synthetic``,
 resumable, only when an arm needs them). Sources whose generator learns from real images
 (``classic``, ``dreambooth``, and ``dcgan``/``acgan`` without a trained ``model``) are built per
@@ -16,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 from ..engine.core.atomic import fsync_dir, sha256_file
 from ..engine.core.paths import cache_dir
 from ..engine.core.seeding import derive_seed
+from ..engine.data.corpus_control import ControlCorpus, draw_per_class
 from ..engine.data.format import Sample, SplitArrays
 from ..engine.data.phantoms import PhantomConfig, make_phantom_world
 from ..engine.data.reader import DatasetInfo, load_split
@@ -41,12 +43,16 @@ _REAL_DERIVED = ("classic", "dreambooth", "dcgan", "acgan")
 
 def embedded_world(phantoms: PhantomConfig) -> tuple[Path, Path]:
     """(public, hospital) of the embedded phantom world, built once into the medfake cache
-    (the same cache entry ``medfake run`` uses for the same ``PhantomConfig``)."""
+    (the same cache entry ``medfake run`` uses for the same ``PhantomConfig``; ``phantoms.world``
+    chooses the world). Built under a file lock, so concurrent callers build it once."""
     world = cache_dir("phantoms", f"seed{phantoms.seed}-" + str(
-        derive_seed(json.dumps(asdict(phantoms), sort_keys=True)) % 10**10))
+        derive_seed(json.dumps(phantoms.identity(), sort_keys=True)) % 10**10))
     public, hospital = world / "public", world / "hospital"
     if not (hospital / "dataset.json").exists():
-        make_phantom_world(world, phantoms)
+        from filelock import FileLock
+        with FileLock(str(world.with_name(f".{world.name}.lock"))):
+            if not (hospital / "dataset.json").exists():
+                make_phantom_world(world, phantoms)
     return public, hospital
 
 
@@ -57,18 +63,13 @@ def concat(parts: list[SplitArrays]) -> SplitArrays:
                        [m for p in parts for m in p.metas])
 
 
-def draw_per_class(pool: SplitArrays, n: int, seed: int, n_classes: int) -> SplitArrays:
-    """``n`` images of every class, without replacement (fewer if the pool holds fewer)."""
-    rng = np.random.default_rng(seed)
-    idx = [i for c in range(n_classes)
-           for i in rng.permutation(np.flatnonzero(pool.labels == c))[:n]]
-    return pool.subset(sorted(idx))
-
-
 def write_subset(source_dir: str | os.PathLike, sub: SplitArrays, job: dict[str, Any],
-                 out: Path) -> Path:
+                 out: Path, class_names: list[str] | None = None,
+                 prompt_templates: dict[str, list[str]] | None = None) -> Path:
     """``sub`` (images drawn from the dataset ``source_dir``) written as the dataset ``out``
     (split ``train``, provenance ``job``); kept when ``out`` already holds the same job.
+    ``class_names``/``prompt_templates``: what ``sub.labels`` index (default: the source's;
+    a caption-retrieved control is labelled by the real dataset's classes).
 
     Written into ``<out>.partial`` and renamed into place whole, so a kill leaves no half
     dataset under the final name."""
@@ -79,8 +80,9 @@ def write_subset(source_dir: str | os.PathLike, sub: SplitArrays, job: dict[str,
     info = DatasetInfo.load(source_dir)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    with DatasetWriter(tmp, info.class_names, info.prompt_templates, job, info.image_size,
-                       info.channels, 256) as w:
+    names = info.class_names if class_names is None else class_names
+    templates = info.prompt_templates if prompt_templates is None else prompt_templates
+    with DatasetWriter(tmp, names, templates, job, info.image_size, info.channels, 256) as w:
         for i in range(len(sub)):
             w.add("train", Sample(sub.keys[i], sub.images[i], int(sub.labels[i]),
                                   sub.captions[i], sub.metas[i]))
@@ -114,7 +116,9 @@ class ExperimentData:
         self.names = self.info.class_names
         self.train = load_split(real, "train", skip_bad=True)
         self.test = load_split(real, cfg.test_split, skip_bad=True)
-        self.control = load_split(self.control_dir, "train", skip_bad=True)
+        self.control_corpus = ControlCorpus.load(self.control_dir, self.names,
+                                                 self.info.prompt_templates)
+        self.control = self.control_corpus.pool
         self.sources: dict[str, dict[str, Any]] = {}
         for name, s in cfg.synthetic.items():
             if isinstance(s, str):
@@ -159,7 +163,7 @@ class ExperimentData:
         return self._cap
 
     def _compute_cap(self) -> int:
-        counts = [int(np.bincount(self.control.labels, minlength=len(self.names)).min())]
+        counts = [self.control_corpus.capacity()]
         for s in self.sources.values():
             if s["dir"]:
                 pc = DatasetInfo.load(s["dir"]).splits["train"]["per_class"]
@@ -208,7 +212,8 @@ class ExperimentData:
         return k, 0 if k == "all" else (self.cfg.seeds[0] if seed is None else seed)
 
     def pool(self, name: str, k: int | str | None = None, seed: int | None = None) -> SplitArrays:
-        """All images of a source (the control corpus for ``CONTROL``)."""
+        """All images of a source (the control corpus for ``CONTROL``: all its images,
+        labelled by the corpus's own classes; ``draw`` draws an arm's images)."""
         if name == CONTROL:
             return self.control
         key = (name, k, seed) if self.sources[name]["per_arm"] else (name,)
@@ -246,8 +251,19 @@ class ExperimentData:
         if (out / "dataset.json").is_file() and \
                 json.loads((out / "dataset.json").read_text())["provenance"] == job:
             return out
-        sub = draw_per_class(self.control, n, derive_seed("control-equal"), len(self.names))
-        return write_subset(self.control_dir, sub, job, out)
+        if self.control_corpus.method != "class-labels":
+            job["method"] = self.control_corpus.describe()
+        sub = self.control_corpus.draw(n, derive_seed("control-equal"))
+        return write_subset(self.control_dir, sub, job, out, self.names,
+                            self.info.prompt_templates)
+
+    def draw(self, name: str, n: int, draw_seed: int, k: int | str | None = None,
+             seed: int | None = None) -> SplitArrays:
+        """``n`` images per class of source ``name`` (the control: ``ControlCorpus.draw``,
+        by class label or caption retrieval), seeded by ``draw_seed``."""
+        if name == CONTROL:
+            return self.control_corpus.draw(n, draw_seed)
+        return draw_per_class(self.pool(name, k, seed), n, draw_seed, len(self.names))
 
     # ------------------------------------------------------------------ one arm
 
@@ -260,9 +276,8 @@ class ExperimentData:
             n_real = int(np.bincount(real.labels).min())
         if arm.source:
             n_extra = self.extra_count(arm)
-            pool = self.pool(arm.source, arm.k, seed)
-            parts.append(draw_per_class(pool, n_extra, derive_seed("extra", arm.source, seed,
-                                                                   n_extra), len(self.names)))
+            parts.append(self.draw(arm.source, n_extra, derive_seed("extra", arm.source, seed,
+                                                                    n_extra), arm.k, seed))
         if not parts:
             raise ValueError(f"arm {arm.name!r} has no training data")
         return concat(parts), n_real, n_extra

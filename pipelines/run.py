@@ -30,12 +30,11 @@ from ..engine.evaluation.classifiers import predict_proba, train_classifier
 from ..engine.data.reader import DatasetInfo, load_split
 from ..engine.data.format import SplitArrays
 from ..engine.evaluation.metrics import bootstrap_ci, classification_metrics
-from ..engine.core.paths import cache_dir
-from ..engine.data.phantoms import make_phantom_world
+from ..engine.data.corpus_control import ControlCorpus
 from ..engine.core.seeding import derive_seed
 from .configs.run import RunConfig
 from .experiment import assess_sources, invocation, provenance
-from .experiment_data import draw_per_class, write_subset
+from .experiment_data import embedded_world, write_subset
 from .report import write_report
 from .synth import SynthConfig, synthesize
 from .train_clip import (ClipTrainConfig, evaluate_classifier, finetune_classifier, pretrain_clip,
@@ -77,11 +76,7 @@ def run_chain(cfg: RunConfig) -> Path:
         log.info("stage %s done in %.1f s", name, timings[name])
 
     t = time.time()
-    world = cache_dir("phantoms", f"seed{cfg.phantoms.seed}-" + str(
-        derive_seed(json.dumps(asdict(cfg.phantoms), sort_keys=True)) % 10**10))
-    public, hospital = world / "public", world / "hospital"
-    if not (hospital / "dataset.json").exists():
-        make_phantom_world(world, cfg.phantoms)
+    public, hospital = embedded_world(cfg.phantoms)
     stage("phantoms", t)
 
     t = time.time()
@@ -100,19 +95,21 @@ def run_chain(cfg: RunConfig) -> Path:
     t = time.time()
     info = DatasetInfo.load(hospital)
     names = info.class_names
-    public_arr = load_split(public, "train", skip_bad=True)
-    # The control at equal count: as many corpus images per class as synthetic ones.
+    # The control at equal count: as many corpus images per class as synthetic ones (by class
+    # label, or by caption retrieval in the general world: engine.data.corpus_control).
+    control = ControlCorpus.load(public, names, info.prompt_templates)
     n_syn = min(DatasetInfo.load(synth_dir).splits["train"]["per_class"].values())
-    n_pub = int(np.bincount(public_arr.labels, minlength=len(names)).min())
+    n_pub = control.capacity()
     if n_pub < n_syn:
         log.warning("the public corpus holds %d images of its smallest class, fewer than the %d "
                     "synthetic ones per class: the control sees %d per class", n_pub, n_syn, n_pub)
     n_ctrl = min(n_syn, n_pub)
-    control_dir = write_subset(public, draw_per_class(public_arr, n_ctrl,
-                                                      derive_seed("control-equal"), len(names)),
-                               {"subset_of": str(public), "per_class": n_ctrl,
-                                "purpose": "control at equal count with the synthetic arm"},
-                               run_dir / "control-equal")
+    job = {"subset_of": str(public), "per_class": n_ctrl,
+           "purpose": "control at equal count with the synthetic arm"}
+    if control.method != "class-labels":
+        job["method"] = control.describe()
+    control_dir = write_subset(public, control.draw(n_ctrl, derive_seed("control-equal")), job,
+                               run_dir / "control-equal", names, info.prompt_templates)
     ckpt_synth = pretrain_clip([str(synth_dir)], run_dir / "clip-synthetic", cfg.clip)
     ckpt_public = pretrain_clip([str(control_dir)], run_dir / "clip-control-equal", cfg.clip)
     stage("clip_pretrain", t)
@@ -139,7 +136,7 @@ def run_chain(cfg: RunConfig) -> Path:
         rows.append({"arm": "clip synthetic-only, zero-shot", "seed": seed,
                      "n_extra_per_class": n_syn,
                      **zero_shot_eval(ckpt_synth, test, names, info.prompt_templates)})
-        pub_k = draw_per_class(public_arr, n_ctrl, derive_seed("cnn control", seed), len(names))
+        pub_k = control.draw(n_ctrl, derive_seed("cnn control", seed))
         cnn_arms = {"cnn real-only": (real_k, 0),
                     "cnn real + synthetic": (_concat(real_k, synth), n_syn),
                     "cnn control: real + public": (_concat(real_k, pub_k), n_ctrl)}
@@ -155,9 +152,10 @@ def run_chain(cfg: RunConfig) -> Path:
                "rows": rows, "timings_s": timings, "model_dir": str(model_dir),
                "synthetic_dir": str(synth_dir), "hospital_dir": str(hospital),
                "public_dir": str(public), "control_dir": str(control_dir),
-               "control_per_class": n_ctrl, "synthetic_per_class": n_syn}
+               "control_per_class": n_ctrl, "synthetic_per_class": n_syn,
+               "control": control.describe()}
     results["quality"], results["memorization"] = assess_sources(
-        {"diffusion": synth_dir}, train_pool, test, names, run_dir, control=public_arr)
+        {"diffusion": synth_dir}, train_pool, test, names, run_dir, control=control)
     results["provenance"] = provenance(
         invocation(f"python: medfake.pipelines.run.run_chain(RunConfig(name={cfg.name!r}, "
                    f"out_root={cfg.out_root!r}, ...)); full config in results.json"),

@@ -16,7 +16,7 @@ shards.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,24 +113,34 @@ def render_lesion(rng: np.random.Generator, cls: int, style: DomainStyle, size: 
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _write_domain(writer: DatasetWriter, split: str, per_class: int, style: DomainStyle,
-                  cfg: PhantomConfig, domain: str, patient_counter: list[int],
-                  pbar: tqdm) -> None:
-    """Write ``per_class`` images of every class into ``split``, 1-3 images per patient.
-
-    Patients of all classes are interleaved in a seeded order, so every shard holds a class mix
-    (a contrastive batch drawn from a class-pure shard would have nothing to contrast).
-    """
+def _patient_groups(cfg: PhantomConfig, domain: str, split: str,
+                    per_class: int) -> list[tuple[int, int]]:
+    """(class, images of this patient) of every patient of ``split``, in the seeded order in
+    which they are written (1-3 images each, ``per_class`` images of every class)."""
     rng = np.random.default_rng(derive_seed(cfg.seed, domain, split, "patients"))
-    groups: list[tuple[int, int]] = []  # (class, images of this patient)
+    groups: list[tuple[int, int]] = []
     for cls in range(len(CLASS_NAMES)):
         made = 0
         while made < per_class:
             n = min(int(rng.integers(1, 4)), per_class - made)
             groups.append((cls, n))
             made += n
-    for g in rng.permutation(len(groups)):
-        cls, n_images = groups[g]
+    return [groups[g] for g in rng.permutation(len(groups))]
+
+
+def _write_domain(writer: DatasetWriter, split: str, per_class: int, style: DomainStyle,
+                  cfg: PhantomConfig, domain: str, patient_counter: list[int],
+                  pbar: tqdm, templates_of: dict[str, list[str]] | None = None) -> None:
+    """Write ``per_class`` images of every class into ``split``, 1-3 images per patient.
+
+    Patients of all classes are interleaved in a seeded order, so every shard holds a class mix
+    (a contrastive batch drawn from a class-pure shard would have nothing to contrast).
+    ``templates_of``: the captions per class (default ``PROMPT_TEMPLATES``); a hospital image is
+    captioned by its class's first template, a public one by a seeded pick.
+    """
+    groups = _patient_groups(cfg, domain, split, per_class)
+    templates_of = templates_of or PROMPT_TEMPLATES
+    for cls, n_images in groups:
         name = CLASS_NAMES[cls]
         patient_counter[0] += 1
         pid = f"{domain[0].upper()}{patient_counter[0]:06d}"
@@ -140,7 +150,7 @@ def _write_domain(writer: DatasetWriter, split: str, per_class: int, style: Doma
             key = f"{domain}_{pid}_{j}"
             irng = np.random.default_rng(derive_seed(cfg.seed, key))
             image = render_lesion(irng, cls, style, cfg.image_size, parenchyma)
-            templates = PROMPT_TEMPLATES[name]
+            templates = templates_of[name]
             txt = templates[int(irng.integers(len(templates)))] if domain == "public" \
                 else templates[0]
             meta = {"patient_id": pid, "split": split, "source": f"phantom-{domain}",
@@ -150,23 +160,42 @@ def _write_domain(writer: DatasetWriter, split: str, per_class: int, style: Doma
 
 
 def make_phantom_world(out_dir: str | Path, cfg: PhantomConfig | None = None) -> tuple[Path, Path]:
-    """Write ``out_dir/public`` and ``out_dir/hospital`` datasets; return both paths."""
+    """Write ``out_dir/public`` (the generator's corpus) and ``out_dir/hospital`` datasets;
+    return both paths.
+
+    ``cfg.world == "near"``: the public corpus is the class-captioned, style-shifted one;
+    ``"general"``: a broad corpus (``phantoms_general``), the target lesions rare in it and
+    captioned by appearance, and the hospital captioned by ``GENERAL_PROMPT_TEMPLATES``. The
+    hospital images are the same in both worlds for the same seed and sizes."""
     cfg = cfg or PhantomConfig()
     out = Path(out_dir)
     public, hospital = out / "public", out / "hospital"
-    prov = {"generator": "medfake.phantoms", "config": asdict(cfg)}
-    total = 3 * (cfg.n_public_per_class + cfg.n_train_per_class + cfg.n_val_per_class
-                 + cfg.n_test_per_class)
+    prov = {"generator": "medfake.phantoms", "config": cfg.identity()}
+    if cfg.world != "near":
+        prov["world"] = cfg.world
+    n_hospital = 3 * (cfg.n_train_per_class + cfg.n_val_per_class + cfg.n_test_per_class)
     counter = [0]
-    with tqdm(total=total, desc="phantoms", unit="img") as pbar:
-        with DatasetWriter(public, CLASS_NAMES, PROMPT_TEMPLATES, {**prov, "domain": "public"},
-                           cfg.image_size, 1, cfg.samples_per_shard) as w:
-            _write_domain(w, "train", cfg.n_public_per_class, PUBLIC, cfg, "public", counter, pbar)
-        with DatasetWriter(hospital, CLASS_NAMES, PROMPT_TEMPLATES,
+    if cfg.world == "near":
+        templates, total = PROMPT_TEMPLATES, 3 * cfg.n_public_per_class + n_hospital
+    else:
+        from .phantoms_general import GENERAL_PROMPT_TEMPLATES
+        templates, total = GENERAL_PROMPT_TEMPLATES, cfg.corpus_size + n_hospital
+        # hospital patient ids (and so their images) as in the near world of the same config
+        counter[0] = len(_patient_groups(cfg, "public", "train", cfg.n_public_per_class))
+    with tqdm(total=total, desc=f"phantoms ({cfg.world})", unit="img") as pbar:
+        if cfg.world == "near":
+            with DatasetWriter(public, CLASS_NAMES, PROMPT_TEMPLATES, {**prov, "domain": "public"},
+                               cfg.image_size, 1, cfg.samples_per_shard) as w:
+                _write_domain(w, "train", cfg.n_public_per_class, PUBLIC, cfg, "public", counter,
+                              pbar)
+        else:
+            from .phantoms_general import write_general_corpus
+            write_general_corpus(public, cfg, {**prov, "domain": "public"}, pbar)
+        with DatasetWriter(hospital, CLASS_NAMES, templates,
                            {**prov, "domain": "hospital"}, cfg.image_size, 1,
                            cfg.samples_per_shard) as w:
             for split, n in (("train", cfg.n_train_per_class), ("val", cfg.n_val_per_class),
                              ("test", cfg.n_test_per_class)):
-                _write_domain(w, split, n, HOSPITAL, cfg, "hospital", counter, pbar)
-    log.info("phantom world written to %s", out)
+                _write_domain(w, split, n, HOSPITAL, cfg, "hospital", counter, pbar, templates)
+    log.info("phantom world (%s) written to %s", cfg.world, out)
     return public, hospital

@@ -13,9 +13,9 @@ from .options import add_config_args, config_from_args
 
 def _phantoms(a: argparse.Namespace) -> None:
     from ...engine.data.phantoms import make_phantom_world
-    pub, hosp = make_phantom_world(a.out, config_from_args(PhantomConfig, a,
-                                                           command="data phantoms"))
-    print(f"public corpus: {pub}\nhospital:      {hosp}")
+    cfg = config_from_args(PhantomConfig, a, command="data phantoms")
+    pub, hosp = make_phantom_world(a.out, cfg)
+    print(f"world:         {cfg.world}\npublic corpus: {pub}\nhospital:      {hosp}")
 
 
 def _info(a: argparse.Namespace) -> None:
@@ -61,7 +61,8 @@ def _check(a: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="sub", required=True)
-    ph = data.add_parser("phantoms", help="write the embedded phantom world")
+    ph = data.add_parser("phantoms", help="write the embedded phantom world (--world near|general: "
+                         "docs/worlds.md)")
     ph.add_argument("--out", required=True)
     add_config_args(ph, PhantomConfig)
     ph.set_defaults(fn=_phantoms)
