@@ -30,11 +30,11 @@ Protocol, fixed before any result was seen:
   paired differences (same seed = same real images) against real-only and against the control
   with their t 95% CIs. A route "beats" a reference only when the CI excludes 0.
 
-Worlds (``--world``): ``near`` is the default phantom world (``medfake data phantoms``), whose
-public corpus is class-labelled, so the control is a seeded random draw of corpus images of
-each class. ``general`` is the broad-corpus world (``--world general``), whose corpus never
-names the classes, so the control is the corpus images retrieved by caption for each class's
-prompts (see docs/worlds.md).
+Worlds (``--world``, docs/worlds.md): ``near`` is the default phantom world, whose corpus is
+class-labelled, so the control is a seeded draw of corpus images of each class; ``general`` is
+the broad-corpus world, whose corpus never names the classes, so the control is the corpus
+images retrieved by caption for each class's prompt templates (``ControlCorpus``). The
+generator of each world is its cached embedded generator, trained on that world's corpus.
 """
 from __future__ import annotations
 
@@ -44,22 +44,20 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medfake.engine.core.paths import cache_dir
-from medfake.engine.core.seeding import derive_seed
 from medfake.engine.data.format import SplitArrays
 from medfake.engine.data.kshot import kshot_subset
-from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
-from medfake.engine.data.reader import load_split
+from medfake.engine.data.corpus_control import ControlCorpus
+from medfake.engine.data.phantoms import PhantomConfig
+from medfake.engine.data.reader import DatasetInfo, load_split
 from medfake.engine.evaluation.classifiers import create_classifier, predict_proba, train_classifier
 from medfake.engine.evaluation.metrics import classification_metrics
-from medfake.pipelines.experiment_data import draw_per_class, write_subset
+from medfake.pipelines.experiment_data import embedded_world, write_subset
 from medfake.pipelines.generators import GeneratorSpec, make_synthetic_dataset
 from medfake.pipelines.report import _t_half, paired_delta
 from medfake.pipelines.train_generator import cached_generator
@@ -102,24 +100,16 @@ def setting_id(setting: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- worlds
 
 def world_dirs(world: str) -> tuple[Path, Path]:
-    """(generator corpus, hospital dataset) of ``world``, built and cached like ``medfake run``."""
-    cfg = PhantomConfig() if world == "near" else PhantomConfig(world=world)  # type: ignore
-    world_dir = cache_dir("phantoms", ("" if world == "near" else f"{world}-") + f"seed{cfg.seed}-"
-                          + str(derive_seed(json.dumps(asdict(cfg), sort_keys=True)) % 10**10))
-    if not (world_dir / "hospital" / "dataset.json").exists():
-        make_phantom_world(world_dir, cfg)
-    return world_dir / "public", world_dir / "hospital"
+    """(generator corpus, hospital dataset) of ``world``, cached exactly as ``medfake run``."""
+    return embedded_world(PhantomConfig(world=world))
 
 
-def control_arrays(world: str, corpus: Path, hospital: Path, per_class: int,
-                   seed: int) -> SplitArrays:
+def control_arrays(corpus: Path, hospital: Path, per_class: int, seed: int) -> SplitArrays:
     """The control's extra images: ``per_class`` images per class taken directly from the
     generator's corpus (near: a seeded draw among the corpus images of the class; general:
-    retrieval by caption, see ``experiment_data.control_subset``)."""
-    if world == "near":
-        return draw_per_class(load_split(corpus, "train"), per_class, seed, len(CLASS_NAMES))
-    from medfake.pipelines.experiment_data import control_subset
-    return control_subset(corpus, hospital, per_class, seed)
+    caption retrieval with the hospital's prompt templates; ``ControlCorpus``)."""
+    h = DatasetInfo.load(hospital)
+    return ControlCorpus.load(corpus, h.class_names, h.prompt_templates).draw(per_class, seed)
 
 
 # ----------------------------------------------------------------------------- routes
@@ -151,7 +141,7 @@ def extra_arrays(a, world: str, route: str, setting: dict, k: int, seed: int,
     if route == "real-only":
         return None
     if route == "control":
-        return control_arrays(world, a.corpus, a.hospital, a.per_class, seed)
+        return control_arrays(a.corpus, a.hospital, a.per_class, seed)
     sid = setting_id(setting)
     if route == "txt2img":   # the base generator never sees real images: shared across k
         out = gen_root / "txt2img" / f"seed{seed}-{sid}"
