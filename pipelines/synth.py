@@ -146,10 +146,19 @@ def _class_counts(cfg: SynthConfig, real: DatasetInfo) -> tuple[tuple[int, ...],
     return tuple(k * int(have.get(c, 0)) for c in real.class_names), {"per_real": k}
 
 
-def _openvino_precision(requested: str) -> str:
-    """The precision an openvino job runs at on this machine (part of the job's identity)."""
-    from ..engine.diffusion.backends.ov_backend import resolve_precision
-    return resolve_precision(requested)
+def _precision_identity(cfg: SynthConfig) -> dict[str, str]:
+    """The precision the job's backend runs at on this machine, as part of the job's identity:
+    always for openvino; for torch when it is not fp32 (fp32 torch plans written before torch
+    had a precision option stay resumable); other backends compute in fp32."""
+    if cfg.backend == "openvino":
+        from ..engine.diffusion.backends.ov_backend import resolve_precision
+        return {"precision": resolve_precision(cfg.precision)}
+    if cfg.backend == "torch":
+        from ..engine.diffusion.backends import default_device
+        from ..engine.diffusion.backends.torch_backend import resolve_precision as torch_precision
+        p = torch_precision(cfg.precision, default_device())
+        return {} if p == "fp32" else {"precision": p}
+    return {}
 
 
 def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig,
@@ -169,8 +178,7 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
             "negative_prompt": cfg.negative_prompt, "image_size": size, "channels": real.channels,
             "image_format": cfg.image_format, "quality": cfg.quality,
             "samples_per_shard": cfg.samples_per_shard, "backend": cfg.backend,
-            **({"precision": _openvino_precision(cfg.precision)}
-               if cfg.backend == "openvino" else {}),
+            **_precision_identity(cfg),
             "model_hash": mhash, "class_names": list(real.class_names),
             "prompt_templates": templates, "class_prompt_templates": real.prompt_templates,
             **({"identifier_tokens": tokens} if tokens else {}),
@@ -210,7 +218,7 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     torch.set_num_threads(per_stream)
     job = synth_job_shape(cfg, size)
     if cfg.backend == "torch":
-        model = load_model(cfg.model_dir, "torch")
+        model = load_model(cfg.model_dir, "torch", precision=cfg.precision)
     else:
         opts = {"threads": per_stream} if cfg.backend in ("onnx", "openvino") else {}
         if cfg.backend == "openvino":

@@ -3,7 +3,8 @@
 ``load_model(path, backend)`` returns a ``LoadedModel`` (backend + tokenizer + scheduler config
 + source model hash) whatever the backend, so callers never branch on it:
 
-- ``torch``: PyTorch eager on a diffusers SD directory.
+- ``torch``: PyTorch eager on a diffusers SD directory, fp32 or bf16 autocast (``precision``,
+  default fp32; bf16 on a CPU only with native bf16).
 - ``onnx``: ONNX Runtime on an export dir (``medfake export onnx``).
 - ``tensorrt``: native TensorRT on an engine dir (``medfake export tensorrt``). Needs a GPU.
 - ``openvino``: OpenVINO's CPU plugin on the same ONNX export, fp32 or bf16 (``precision``;
@@ -73,16 +74,18 @@ def default_device() -> str:
 
 
 def _load_torch(path: str, device: str | None = None, attention: str = "auto",
-                dtype=None, **_) -> LoadedModel:
+                dtype=None, precision: str = "fp32", **_) -> LoadedModel:
     import torch
 
     from ..sd_model import load_components, model_hash
-    from .torch_backend import TorchBackend
+    from .torch_backend import TorchBackend, resolve_precision
     device = device or default_device()
+    resolved = resolve_precision(precision, device)   # refuse before loading any weights
     comps = load_components(path, device=device, dtype=dtype or torch.float32)
-    b = TorchBackend(comps, attention=attention)
+    b = TorchBackend(comps, attention=attention, precision=resolved)
     return LoadedModel(b, comps.tokenizer, dict(comps.scheduler.config), model_hash(path), "torch",
-                       {"attention": b.attention, "fused_groupnorm_silu": b.fused})
+                       {"attention": b.attention, "fused_groupnorm_silu": b.fused,
+                        "precision": b.precision})
 
 
 def _tokenizer_and_scheduler(export_dir: Path) -> tuple[Any, dict]:
