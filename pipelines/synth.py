@@ -154,9 +154,8 @@ def _precision_identity(cfg: SynthConfig) -> dict[str, str]:
         from ..engine.diffusion.backends.ov_backend import resolve_precision
         return {"precision": resolve_precision(cfg.precision)}
     if cfg.backend == "torch":
-        from ..engine.diffusion.backends import default_device
-        from ..engine.diffusion.backends.torch_backend import resolve_precision as torch_precision
-        p = torch_precision(cfg.precision, default_device())
+        from ..engine.diffusion.backends import default_device, torch_backend
+        p = torch_backend.resolve_precision(cfg.precision, default_device())
         return {} if p == "fp32" else {"precision": p}
     return {}
 
