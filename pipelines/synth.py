@@ -234,6 +234,38 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     return [model.sampler(scfg) for _ in range(streams)]
 
 
+def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...]) -> SynthConfig:
+    """``cfg`` with ``--backend auto`` resolved. On a machine without CUDA, backend and
+    precision are the measured choice (``engine.diffusion.backends.select``) when it is cached
+    or the job is large enough to pay for measuring it; otherwise (and on GPU machines) the
+    static order of ``resolve_backend``. Ranks of one host measure one at a time (a file lock),
+    so they never time each other's load, and the later ones read the cache."""
+    from dataclasses import replace
+    if cfg.backend != "auto":
+        return replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    from filelock import FileLock
+
+    from ..engine.core import capabilities as cap
+    from ..engine.core.paths import cache_dir
+    from ..engine.diffusion.backends import choose_auto
+    from ..engine.diffusion.backends.select import candidates, worth_measuring
+    from .models import prepare_export
+    unet_calls = -(-sum(counts) // cfg.batch_size) * cfg.steps
+    allow = worth_measuring(unet_calls, len(candidates(cfg.precision)[0]))
+    with FileLock(str(cache_dir("locks") / "export.lock")):
+        choice = choose_auto(cfg.model_dir, job, precision=cfg.precision, prepare=prepare_export,
+                             threads=cfg.threads, allow_measure=allow)
+    if choice is not None:
+        log.info("--backend auto: %s at %s: %s", choice.backend, choice.precision, choice.why)
+        return replace(cfg, backend=choice.backend, precision=choice.precision)
+    name = resolve_backend("auto", cfg.model_dir, job)
+    if not allow and not cap.cuda().available:
+        log.info("--backend auto: %s (static order): the job's %d UNet calls are too few to pay "
+                 "for measuring the CPU backends (`medfake bench precision-gate` or a larger job "
+                 "measures them once for this machine)", name, unet_calls)
+    return replace(cfg, backend=name)
+
+
 def _temp_target(p: Path) -> str:
     return p.name[1:].split(".tmp-")[0]
 
@@ -260,11 +292,11 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     ``engine.sampler.Sampler`` (or a list of them, one per stream, over one model) already
     loaded from ``cfg.model_dir`` on ``cfg.backend`` with the job's settings (to run several
     jobs on one loaded model); None loads it."""
-    from dataclasses import replace
     real = DatasetInfo.load(cfg.real_dataset)
     size = cfg.image_size or real.image_size
     job = synth_job_shape(cfg, size)
-    cfg = replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    counts, quantity = _class_counts(cfg, real)
+    cfg = _resolve_auto(cfg, job, counts)
     if cfg.backend == "tensorrt":   # engines that cannot serve the job: refuse before writing
         check_engines_serve(cfg.model_dir, job)
     why = BACKENDS[cfg.backend].unavailable()
@@ -275,7 +307,6 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     mode, curation = cfg.mode_config(), cfg.curation()
     curation.validate()
     templates, tokens = _prompt_templates(cfg, real)
-    counts, quantity = _class_counts(cfg, real)
     params = _job_params(cfg, real, size, mode, quantity, templates, tokens,
                          _source_hash(cfg.model_dir), curation)
     out = Path(cfg.out_dir)

@@ -21,6 +21,17 @@ NATIVE = cap.Probe("cpu_bf16", True, "", "native bf16: avx512_bf16 (patched by t
 NONE = cap.Probe("cpu_bf16", False, "", "no native bf16 on this CPU (patched by the test)")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the micro model is too small to gain from more, and several threads
+    spin-wait for each other on a busy machine (100x slower here under load)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     return init_model("micro", tmp_path_factory.mktemp("micro") / "model", seed=0)
@@ -79,7 +90,7 @@ def test_synth_torch_bf16_records_precision(micro, small_world, tmp_path, monkey
     out = tmp_path / "bf16"
     res = run_job(SynthConfig(str(micro), str(hospital), str(out), per_class=1, steps=2,
                               samples_per_shard=4, batch_size=2, backend="torch",
-                              precision="bf16", threads=2))
+                              precision="bf16", threads=1))
     assert res.complete
     assert {m["precision"] for m in load_split(out, "train").metas} == {"bf16"}
     assert json.loads((out / "synth_plan.json").read_text())["precision"] == "bf16"
@@ -88,3 +99,81 @@ def test_synth_torch_bf16_records_precision(micro, small_world, tmp_path, monkey
         run_job(SynthConfig(str(micro), str(hospital), str(tmp_path / "refused"), per_class=1,
                             steps=2, backend="torch", precision="bf16"))
     assert not (tmp_path / "refused" / "synth_plan.json").exists()   # refused before writing
+
+
+# ------------------------------------------------------------ --backend auto on a CPU
+
+COST = {"torch/fp32": 3.0, "torch/bf16": 1.0, "onnx/fp32": 2.0, "openvino/fp32": 2.5}
+
+
+def fake_timer(costs):
+    """A timer that runs the call (so the real measuring loop runs) and reports ``costs``."""
+    seen = []
+
+    def timer(cand, fn):
+        fn()
+        seen.append(cand.label)
+        return costs[cand.label]
+    timer.seen = seen
+    return timer
+
+
+def test_auto_picks_the_fastest_that_passes_the_gate_and_caches_it(micro, monkeypatch, caplog):
+    from medfake.engine.diffusion.backends import choose_auto, select
+    from medfake.engine.diffusion.backends.components import JobShape
+    from medfake.pipelines.models import prepare_export
+    monkeypatch.setattr(cap, "cpu_bf16", lambda: NATIVE)
+    monkeypatch.setattr(cap, "openvino_bf16", lambda: False)
+    job = JobShape(1, 32, 32, True)
+    timer = fake_timer(COST)
+    labels = {c.label for c in select.candidates()[0]}
+    assert "torch/bf16" in labels and "openvino/bf16" not in labels
+    with caplog.at_level("INFO"):
+        choice = choose_auto(str(micro), job, prepare=prepare_export, threads=1, timer=timer)
+    assert (choice.backend, choice.precision) == ("torch", "bf16")
+    assert "torch/bf16" in caplog.text and "fastest" in choice.why and "openvino/bf16" in \
+        choice.why   # says what it left out and why
+    rows = {r.candidate.label: r for r in choice.rows}
+    assert set(rows) == labels and all(r.passed for r in rows.values())
+    assert rows["torch/fp32"].diff["max_abs"] == 0   # the reference
+    assert 0 < rows["torch/bf16"].diff["mean_abs"] < 0.005
+    assert sorted(timer.seen) == sorted(lab for lab in labels for _ in range(select.CALLS))
+    assert all(r.peak_bytes is not None for r in rows.values())
+    # the second choice reads the cache: nothing is loaded or timed
+    again = choose_auto(str(micro), job, prepare=prepare_export, threads=1,
+                        timer=fake_timer({}))
+    assert (again.backend, again.precision) == ("torch", "bf16")
+    assert all(r.cached for r in again.rows)
+    # a machine with less memory free than a candidate's measured peak passes it over
+    with pytest.raises(cap.CapabilityError, match="available"):
+        choose_auto(str(micro), job, prepare=prepare_export, threads=1, available=1)
+    # without native bf16 there is no bf16 candidate, and asking for bf16 is one clear error
+    monkeypatch.setattr(cap, "cpu_bf16", lambda: NONE)
+    assert all(c.precision == "fp32" for c in select.candidates()[0])
+    no_bf16 = choose_auto(str(micro), job, prepare=prepare_export, threads=1)
+    assert (no_bf16.backend, no_bf16.precision) == ("onnx", "fp32")   # cached costs
+    with pytest.raises(cap.CapabilityError, match="native"):
+        select.candidates("bf16")
+
+
+def test_auto_passes_over_a_candidate_that_fails_the_gate(micro, monkeypatch):
+    from medfake.engine.diffusion import precision_check
+    from medfake.engine.diffusion.backends import select
+    from medfake.engine.diffusion.backends.components import JobShape
+    monkeypatch.setattr(cap, "cpu_bf16", lambda: NATIVE)
+    monkeypatch.setattr(select, "candidates", lambda precision="auto": (
+        [select.Candidate("torch", "fp32"), select.Candidate("torch", "bf16")], []))
+    # a bound no reduced-precision path can meet: bf16 is faster but fails it
+    monkeypatch.setattr(precision_check, "DEFAULT_BOUND", precision_check.ImageDiffBound(0, 0))
+    choice = select.choose(str(micro), "micro-test", JobShape(1, 32, 32, True), threads=1,
+                           calls=1, timer=fake_timer(COST))
+    assert (choice.backend, choice.precision) == ("torch", "fp32")
+    assert [r.passed for r in choice.rows] == [True, False]
+    assert "FAIL" in choice.why
+
+
+def test_auto_measures_only_jobs_that_pay_for_it():
+    from medfake.engine.diffusion.backends import select
+    cost = 4 * (select.GATE_STEPS + select.CALLS + 1)
+    assert not select.worth_measuring(select.WORTH_FACTOR * cost - 1, 4)
+    assert select.worth_measuring(select.WORTH_FACTOR * cost, 4)
