@@ -177,3 +177,27 @@ def test_auto_measures_only_jobs_that_pay_for_it():
     cost = 4 * (select.GATE_STEPS + select.CALLS + 1)
     assert not select.worth_measuring(select.WORTH_FACTOR * cost - 1, 4)
     assert select.worth_measuring(select.WORTH_FACTOR * cost, 4)
+
+
+# ------------------------------------------------------------ medfake bench precision-gate
+
+def test_precision_gate_prints_a_table_and_fails_a_candidate_over_the_bound(
+        micro, small_world, monkeypatch, capsys):
+    from medfake.engine.diffusion import precision_check
+    from medfake.pipelines.cli import main
+    monkeypatch.setattr(cap, "cpu_bf16", lambda: NATIVE)
+    monkeypatch.setattr(cap, "openvino_bf16", lambda: False)
+    _, hospital = small_world
+    args = ["bench", "precision-gate", "--model", str(micro), "--real", str(hospital),
+            "--candidates", "torch/bf16", "openvino/bf16", "--seeds", "0", "1",
+            "--per-class", "2", "--steps", "2", "--cnn-steps", "5", "--batch-size", "8"]
+    main(args)   # every candidate that ran passed: no exit status
+    out = capsys.readouterr().out
+    assert "| torch/fp32 | pass (reference) | 0.0000 / 0.0000 / 0.0000 |" in out
+    assert "| torch/bf16 | pass |" in out
+    assert "| openvino/bf16 | not run: no native bf16 on this CPU |" in out
+    monkeypatch.setattr(precision_check, "DEFAULT_BOUND", precision_check.ImageDiffBound(0, 0))
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 1
+    assert "| torch/bf16 | FAIL (image diff over the bound) |" in capsys.readouterr().out
