@@ -181,23 +181,43 @@ def test_auto_measures_only_jobs_that_pay_for_it():
 
 # ------------------------------------------------------------ medfake bench precision-gate
 
-def test_precision_gate_prints_a_table_and_fails_a_candidate_over_the_bound(
+def test_precision_gate_prints_a_table_and_exits_1_on_a_failing_candidate(
         micro, small_world, monkeypatch, capsys):
+    """One real run (micro model): under an impossible bound bf16 fails and the exit status is
+    1; its measured difference is within the stated bound (it would pass that)."""
     from medfake.engine.diffusion import precision_check
     from medfake.pipelines.cli import main
     monkeypatch.setattr(cap, "cpu_bf16", lambda: NATIVE)
     monkeypatch.setattr(cap, "openvino_bf16", lambda: False)
+    monkeypatch.setattr(precision_check, "DEFAULT_BOUND", precision_check.ImageDiffBound(0, 0))
     _, hospital = small_world
-    args = ["bench", "precision-gate", "--model", str(micro), "--real", str(hospital),
-            "--candidates", "torch/bf16", "openvino/bf16", "--seeds", "0", "1",
-            "--per-class", "2", "--steps", "2", "--cnn-steps", "5", "--batch-size", "8"]
-    main(args)   # every candidate that ran passed: no exit status
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "precision-gate", "--model", str(micro), "--real", str(hospital),
+              "--candidates", "torch/bf16", "openvino/bf16", "--seeds", "0", "1",
+              "--per-class", "2", "--steps", "2", "--cnn-steps", "5", "--batch-size", "8"])
+    assert e.value.code == 1
     out = capsys.readouterr().out
     assert "| torch/fp32 | pass (reference) | 0.0000 / 0.0000 / 0.0000 |" in out
-    assert "| torch/bf16 | pass |" in out
     assert "| openvino/bf16 | not run: no native bf16 on this CPU |" in out
-    monkeypatch.setattr(precision_check, "DEFAULT_BOUND", precision_check.ImageDiffBound(0, 0))
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 1
-    assert "| torch/bf16 | FAIL (image diff over the bound) |" in capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| torch/bf16 |"))
+    assert "FAIL (image diff over the bound)" in row
+    mean, p99, _ = (float(v) for v in row.split("|")[3].split("/"))
+    assert 0 < mean <= DEFAULT_BOUND.mean_abs and p99 <= DEFAULT_BOUND.p99_abs
+
+
+def test_precision_gate_judges_fd_and_accuracy_against_the_reference_seed_ci():
+    from medfake.pipelines.precision_gate import GateReport, GateRow, judge, seed_ci
+    same = {"mean_abs": 0.001, "p99_abs": 0.004, "max_abs": 0.01}
+    rows = [GateRow("torch/fp32", "pass", dict(same), [10.0, 11.0, 12.0], [0.6, 0.7, 0.8]),
+            GateRow("onnx/fp32", "pass", dict(same), [11.0, 11.2, 10.9], [0.7, 0.71, 0.69]),
+            GateRow("torch/bf16", "pass", dict(same), [15.0, 16.0, 15.5], [0.7, 0.7, 0.7]),
+            GateRow("openvino/bf16", "pass", dict(same), [11.0, 11.0, 11.0], [0.2, 0.3, 0.2]),
+            GateRow("openvino/fp32", "not run: OpenVINO not installed")]
+    report = judge(GateReport("m", rows, (0, 0), (0, 0), ""), DEFAULT_BOUND)
+    lo, hi = seed_ci([10.0, 11.0, 12.0])
+    assert lo < 11 < hi and report.fd_ci == (lo, hi)
+    assert [r.status for r in rows] == ["pass", "pass", "FAIL", "FAIL",
+                                        "not run: OpenVINO not installed"]
+    assert rows[2].why == "FD outside the reference's seed CI"
+    assert rows[3].why == "CNN accuracy outside the reference's seed CI"
+    assert report.failed
