@@ -234,11 +234,13 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     return [model.sampler(scfg) for _ in range(streams)]
 
 
-def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...]) -> SynthConfig:
+def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...], measure: bool = True
+                  ) -> SynthConfig:
     """``cfg`` with ``--backend auto`` resolved. On a machine without CUDA, backend and
     precision are the measured choice (``engine.diffusion.backends.select``) when it is cached
     or the job is large enough to pay for measuring it; otherwise (and on GPU machines) the
-    static order of ``resolve_backend``. Ranks of one host measure one at a time (a file lock),
+    static order of ``resolve_backend``. ``measure=False`` (a sampler is already loaded):
+    only a cached measurement is used. Ranks of one host measure one at a time (a file lock),
     so they never time each other's load, and the later ones read the cache."""
     from dataclasses import replace
     if cfg.backend != "auto":
@@ -251,7 +253,7 @@ def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...]) -> SynthConfig
     from ..engine.diffusion.backends.select import candidates, worth_measuring
     from .models import prepare_export
     unet_calls = -(-sum(counts) // cfg.batch_size) * cfg.steps
-    allow = worth_measuring(unet_calls, len(candidates(cfg.precision)[0]))
+    allow = measure and worth_measuring(unet_calls, len(candidates(cfg.precision)[0]))
     with FileLock(str(cache_dir("locks") / "export.lock")):
         choice = choose_auto(cfg.model_dir, job, precision=cfg.precision, prepare=prepare_export,
                              threads=cfg.threads, allow_measure=allow)
@@ -296,7 +298,7 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     size = cfg.image_size or real.image_size
     job = synth_job_shape(cfg, size)
     counts, quantity = _class_counts(cfg, real)
-    cfg = _resolve_auto(cfg, job, counts)
+    cfg = _resolve_auto(cfg, job, counts, measure=sampler is None)
     if cfg.backend == "tensorrt":   # engines that cannot serve the job: refuse before writing
         check_engines_serve(cfg.model_dir, job)
     why = BACKENDS[cfg.backend].unavailable()
