@@ -253,7 +253,8 @@ def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...], measure: bool 
     from ..engine.diffusion.backends.select import candidates, worth_measuring
     from .models import prepare_export
     unet_calls = -(-sum(counts) // cfg.batch_size) * cfg.steps
-    allow = measure and worth_measuring(unet_calls, len(candidates(cfg.precision)[0]))
+    allow = measure and not cap.cuda().available and worth_measuring(
+        unet_calls, len(candidates(cfg.precision)[0]))
     with FileLock(str(cache_dir("locks") / "export.lock")):
         choice = choose_auto(cfg.model_dir, job, precision=cfg.precision, prepare=prepare_export,
                              threads=cfg.threads, allow_measure=allow)

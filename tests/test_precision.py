@@ -221,3 +221,29 @@ def test_precision_gate_judges_fd_and_accuracy_against_the_reference_seed_ci():
     assert rows[2].why == "FD outside the reference's seed CI"
     assert rows[3].why == "CNN accuracy outside the reference's seed CI"
     assert report.failed
+
+
+def test_synth_auto_runs_the_cached_choice_and_records_it(micro, small_world, tmp_path,
+                                                          monkeypatch):
+    """A job on `--backend auto` uses the cached measurement of this model and machine (here
+    written by the test: openvino fastest where installed) and its samples say what ran."""
+    from medfake.engine.core.measured import save_measured
+    from medfake.engine.data.reader import DatasetInfo, load_split
+    from medfake.engine.diffusion.backends import select, source_hash
+    from medfake.pipelines.synth import SynthConfig, run_job, synth_job_shape
+    monkeypatch.setattr(cap, "cpu_bf16", lambda: NONE)
+    _, hospital = small_world
+    cfg = SynthConfig(str(micro), str(hospital), str(tmp_path / "auto"), per_class=1, steps=2,
+                      batch_size=2, backend="auto", threads=1)
+    job = synth_job_shape(cfg, DatasetInfo.load(hospital).image_size)
+    fake = {"torch/fp32": 1.0, "onnx/fp32": 2.0, "openvino/fp32": 0.5}
+    cands = select.candidates()[0]
+    for c in cands:
+        save_measured(select.KIND, source_hash(str(micro)), select._key(c, job, 1, select.CALLS),
+                      {"seconds_per_call": fake[c.label], "peak_bytes": 1, "passed": True,
+                       "diff": {"mean_abs": 0.0, "p99_abs": 0.0, "max_abs": 0.0},
+                       "excluded": None})
+    best = min(cands, key=lambda c: fake[c.label])
+    assert run_job(cfg).complete
+    metas = load_split(tmp_path / "auto", "train").metas
+    assert {(m["backend"], m["precision"]) for m in metas} == {(best.backend, "fp32")}
