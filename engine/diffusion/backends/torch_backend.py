@@ -7,7 +7,9 @@
   convolutions in bf16, weights stay fp32); on a CPU only where it has native bf16
   (AVX512_BF16 or AMX, ``capabilities.cpu_bf16``), refused with one clear error elsewhere,
   where bf16 is emulated and slower than fp32. The text encoder and the VAE stay fp32;
-- ``auto``: bf16 on a CPU with native bf16, else fp32.
+- ``auto``: fp32. The torch backend is the reference numerics, which other backends and tests
+  compare against, so it computes in bf16 only when asked, or when ``--backend auto``'s
+  measured, gated choice (``backends.select``) picks ``torch/bf16``.
 
 Modules loaded in fp16/bf16 (``load_components(dtype=...)``) compute in their dtype whatever
 ``precision`` says; ``.precision`` reports what the UNet actually computes in.
@@ -28,17 +30,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(requested: str, device: torch.device | str = "cpu") -> str:
-    """``fp32`` or ``bf16`` for ``requested`` on ``device`` (see the module docstring). On a
-    GPU ``auto`` is fp32 and ``bf16`` is autocast on that GPU."""
+    """``fp32`` or ``bf16`` for ``requested`` on ``device`` (see the module docstring); on a
+    GPU ``bf16`` is autocast on that GPU."""
     if requested not in PRECISIONS:
         raise ValueError(f"torch precision must be one of {', '.join(PRECISIONS)}; got "
                          f"{requested!r}")
-    if torch.device(device).type != "cpu":
-        return "fp32" if requested == "auto" else requested
-    native = cap.cpu_bf16()
     if requested == "auto":
-        return "bf16" if native.available else "fp32"
-    if requested == "bf16" and not native.available:
+        return "fp32"
+    if torch.device(device).type != "cpu":
+        return requested
+    if requested == "bf16" and not cap.cpu_bf16().available:
         raise cap.CapabilityError(
             f"--precision bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX), and this one "
             f"has none ({' and '.join(cap.NATIVE_BF16_FLAGS)} missing from /proc/cpuinfo): bf16 "
