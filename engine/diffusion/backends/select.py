@@ -253,8 +253,13 @@ def measure(path: str, model_hash: str, cands: list[Candidate], job, *, prepare=
         return rows
     # the gate needs reference images: the first fp32 candidate measured now provides them
     todo.sort(key=lambda i: rows[i].candidate.precision != "fp32")
+    from .manifest import MANIFEST_NAME
+    is_export = (Path(path) / MANIFEST_NAME).is_file()
     for i in todo:
         row, c = rows[i], rows[i].candidate
+        if c.backend == "torch" and is_export:
+            row.excluded = "the model is an export dir; torch runs the diffusers dir"
+            continue
         row.estimate_bytes = estimate_peak_bytes(path, c, job.component_batch("unet"), f_lat)
         if available is not None and row.estimate_bytes > available:
             row.excluded = (f"estimated peak {row.estimate_bytes / 2**30:.1f} GiB > "
@@ -275,9 +280,9 @@ def measure(path: str, model_hash: str, cands: list[Candidate], job, *, prepare=
                 del model
             gc.collect()
         except (cap.CapabilityError, RuntimeError, ValueError, OSError, MemoryError) as e:
+            # not cached: the cause (memory, a missing export) may be gone next time
             row.excluded = f"failed: {type(e).__name__}: {e}".splitlines()[0][:200]
             gc.collect()
-            save_measured(KIND, model_hash, _key(c, job, threads, calls), row.as_result())
             continue
         finally:
             torch.set_num_threads(torch_threads)
