@@ -240,7 +240,13 @@ def measure(path: str, model_hash: str, cands: list[Candidate], job, *, prepare=
     f_lat = (job.height // 8, job.width // 8)   # SD's VAE factor (an estimate only)
     rows, reference = [], None
     todo = []
+    from .manifest import MANIFEST_NAME
+    is_export = (Path(path) / MANIFEST_NAME).is_file()
     for c in cands:
+        if c.backend == "torch" and is_export:
+            rows.append(Measurement(c, excluded="the model is an export dir; torch runs the "
+                                    "diffusers dir"))
+            continue
         hit = load_measured(KIND, model_hash, _key(c, job, threads, calls))
         if hit is not None and (hit.get("passed") is not None or hit.get("excluded")):
             rows.append(Measurement(c, hit.get("seconds_per_call"), hit.get("peak_bytes"),
@@ -253,13 +259,8 @@ def measure(path: str, model_hash: str, cands: list[Candidate], job, *, prepare=
         return rows
     # the gate needs reference images: the first fp32 candidate measured now provides them
     todo.sort(key=lambda i: rows[i].candidate.precision != "fp32")
-    from .manifest import MANIFEST_NAME
-    is_export = (Path(path) / MANIFEST_NAME).is_file()
     for i in todo:
         row, c = rows[i], rows[i].candidate
-        if c.backend == "torch" and is_export:
-            row.excluded = "the model is an export dir; torch runs the diffusers dir"
-            continue
         row.estimate_bytes = estimate_peak_bytes(path, c, job.component_batch("unet"), f_lat)
         if available is not None and row.estimate_bytes > available:
             row.excluded = (f"estimated peak {row.estimate_bytes / 2**30:.1f} GiB > "
