@@ -158,6 +158,7 @@ def test_auto_picks_the_fastest_that_passes_the_gate_and_caches_it(micro, monkey
 
 
 def test_auto_passes_over_a_candidate_that_fails_the_gate(micro, monkeypatch):
+    from medfake.engine.core.measured import save_measured
     from medfake.engine.diffusion import precision_check
     from medfake.engine.diffusion.backends import select
     from medfake.engine.diffusion.backends.components import JobShape
@@ -171,6 +172,19 @@ def test_auto_passes_over_a_candidate_that_fails_the_gate(micro, monkeypatch):
     assert (choice.backend, choice.precision) == ("torch", "fp32")
     assert [r.passed for r in choice.rows] == [True, False]
     assert "FAIL" in choice.why
+    # a candidate new to the cache is gated against a reference sampled for it (the cached
+    # fp32 row is not re-measured)
+    monkeypatch.setattr(precision_check, "DEFAULT_BOUND", precision_check.ImageDiffBound())
+    monkeypatch.setattr(select, "GATE_SEEDS", [5, 6])   # a new cache key for both rows
+    save_measured(select.KIND, "micro-test", select._key(
+        select.Candidate("torch", "fp32"), JobShape(1, 32, 32, True), 1, 1),
+        {"seconds_per_call": 3.0, "peak_bytes": 1, "passed": True, "excluded": None,
+         "diff": {"mean_abs": 0.0, "p99_abs": 0.0, "max_abs": 0.0}})
+    timer = fake_timer(COST)
+    choice = select.choose(str(micro), "micro-test", JobShape(1, 32, 32, True), threads=1,
+                           calls=1, timer=timer)
+    assert timer.seen == ["torch/bf16"] and choice.rows[0].cached
+    assert (choice.backend, choice.precision) == ("torch", "bf16") and choice.rows[1].passed
 
 
 def test_auto_measures_only_jobs_that_pay_for_it():

@@ -290,13 +290,35 @@ def measure(path: str, model_hash: str, cands: list[Candidate], job, *, prepare=
         row.peak_bytes = peak.growth
         if c.precision == "fp32" and reference is None:
             reference = images
+        if reference is None:   # the fp32 rows came from the cache: make the reference now
+            reference = _reference_images(path, rows, job, prepare, threads)
         if reference is None:
-            row.excluded = "not gated: no fp32 reference could be measured"
+            row.excluded = "not gated: no fp32 reference could be sampled"
             continue
         diff = compare_images(reference, images)
         row.diff, row.passed = diff.as_dict(), diff.passes(DEFAULT_BOUND)
         save_measured(KIND, model_hash, _key(c, job, threads, calls), row.as_result())
     return rows
+
+
+def _reference_images(path: str, rows: list[Measurement], job, prepare, threads):
+    """The gate's images on the first fp32 candidate that loads (None if none does)."""
+    from . import BACKENDS
+    for r in rows:
+        c = r.candidate
+        if c.precision != "fp32" or (r.excluded and not r.cached):
+            continue
+        try:
+            model = BACKENDS[c.backend].load(path, prepare=prepare, job=job, precision="fp32",
+                                             threads=threads)
+            images = _gate_images(model, job)
+            del model
+            gc.collect()
+            return images
+        except (cap.CapabilityError, RuntimeError, ValueError, OSError, MemoryError) as e:
+            log.warning("--backend auto: %s could not sample the gate's reference: %s",
+                        c.label, e)
+    return None
 
 
 def _row_text(r: Measurement) -> str:
