@@ -98,6 +98,14 @@ def stage_plan() -> list[tuple[str, str]]:
     if synth == "onnx":
         from ..engine.diffusion.backends.ort_backend import provider_names, select_providers
         synth_note += f", providers {provider_names(select_providers('auto'))}"
+    if not gpu:
+        from ..engine.diffusion.backends.select import candidates
+        cands, _ = candidates()
+        synth_note += (f"; on this CPU a job large enough measures "
+                       f"{', '.join(c.label for c in cands)} once per model (cached) and runs "
+                       f"the fastest that passes the precision gate"
+                       + ("" if cap.cpu_bf16().available else "; no bf16: "
+                          + cap.cpu_bf16().detail))
     ok, reason = triton_status(device)
     ds = cap.deepspeed()
     return [

@@ -146,10 +146,18 @@ def _class_counts(cfg: SynthConfig, real: DatasetInfo) -> tuple[tuple[int, ...],
     return tuple(k * int(have.get(c, 0)) for c in real.class_names), {"per_real": k}
 
 
-def _openvino_precision(requested: str) -> str:
-    """The precision an openvino job runs at on this machine (part of the job's identity)."""
-    from ..engine.diffusion.backends.ov_backend import resolve_precision
-    return resolve_precision(requested)
+def _precision_identity(cfg: SynthConfig) -> dict[str, str]:
+    """The precision the job's backend runs at on this machine, as part of the job's identity:
+    always for openvino; for torch when it is not fp32 (fp32 torch plans written before torch
+    had a precision option stay resumable); other backends compute in fp32."""
+    if cfg.backend == "openvino":
+        from ..engine.diffusion.backends.ov_backend import resolve_precision
+        return {"precision": resolve_precision(cfg.precision)}
+    if cfg.backend == "torch":
+        from ..engine.diffusion.backends import default_device, torch_backend
+        p = torch_backend.resolve_precision(cfg.precision, default_device())
+        return {} if p == "fp32" else {"precision": p}
+    return {}
 
 
 def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig,
@@ -169,8 +177,7 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
             "negative_prompt": cfg.negative_prompt, "image_size": size, "channels": real.channels,
             "image_format": cfg.image_format, "quality": cfg.quality,
             "samples_per_shard": cfg.samples_per_shard, "backend": cfg.backend,
-            **({"precision": _openvino_precision(cfg.precision)}
-               if cfg.backend == "openvino" else {}),
+            **_precision_identity(cfg),
             "model_hash": mhash, "class_names": list(real.class_names),
             "prompt_templates": templates, "class_prompt_templates": real.prompt_templates,
             **({"identifier_tokens": tokens} if tokens else {}),
@@ -210,7 +217,7 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     torch.set_num_threads(per_stream)
     job = synth_job_shape(cfg, size)
     if cfg.backend == "torch":
-        model = load_model(cfg.model_dir, "torch")
+        model = load_model(cfg.model_dir, "torch", precision=cfg.precision)
     else:
         opts = {"threads": per_stream} if cfg.backend in ("onnx", "openvino") else {}
         if cfg.backend == "openvino":
@@ -225,6 +232,41 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
     log.info("%s backend: %d stream(s) x %d thread(s) (%s)", cfg.backend, streams, per_stream,
              why)
     return [model.sampler(scfg) for _ in range(streams)]
+
+
+def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...], measure: bool = True
+                  ) -> SynthConfig:
+    """``cfg`` with ``--backend auto`` resolved. On a machine without CUDA, backend and
+    precision are the measured choice (``engine.diffusion.backends.select``) when it is cached
+    or the job is large enough to pay for measuring it; otherwise (and on GPU machines) the
+    static order of ``resolve_backend``. ``measure=False`` (a sampler is already loaded):
+    only a cached measurement is used. Ranks of one host measure one at a time (a file lock),
+    so they never time each other's load, and the later ones read the cache."""
+    from dataclasses import replace
+    if cfg.backend != "auto":
+        return replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    from filelock import FileLock
+
+    from ..engine.core import capabilities as cap
+    from ..engine.core.paths import cache_dir
+    from ..engine.diffusion.backends import choose_auto
+    from ..engine.diffusion.backends.select import candidates, worth_measuring
+    from .models import prepare_export
+    unet_calls = -(-sum(counts) // cfg.batch_size) * cfg.steps
+    allow = measure and not cap.cuda().available and worth_measuring(
+        unet_calls, len(candidates(cfg.precision)[0]))
+    with FileLock(str(cache_dir("locks") / "export.lock")):
+        choice = choose_auto(cfg.model_dir, job, precision=cfg.precision, prepare=prepare_export,
+                             threads=cfg.threads, allow_measure=allow)
+    if choice is not None:
+        log.info("--backend auto: %s at %s: %s", choice.backend, choice.precision, choice.why)
+        return replace(cfg, backend=choice.backend, precision=choice.precision)
+    name = resolve_backend("auto", cfg.model_dir, job)
+    if not allow and not cap.cuda().available:
+        log.info("--backend auto: %s (static order): the job's %d UNet calls are too few to pay "
+                 "for measuring the CPU backends (`medfake bench precision-gate` or a larger job "
+                 "measures them once for this machine)", name, unet_calls)
+    return replace(cfg, backend=name)
 
 
 def _temp_target(p: Path) -> str:
@@ -253,11 +295,11 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     ``engine.sampler.Sampler`` (or a list of them, one per stream, over one model) already
     loaded from ``cfg.model_dir`` on ``cfg.backend`` with the job's settings (to run several
     jobs on one loaded model); None loads it."""
-    from dataclasses import replace
     real = DatasetInfo.load(cfg.real_dataset)
     size = cfg.image_size or real.image_size
     job = synth_job_shape(cfg, size)
-    cfg = replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    counts, quantity = _class_counts(cfg, real)
+    cfg = _resolve_auto(cfg, job, counts, measure=sampler is None)
     if cfg.backend == "tensorrt":   # engines that cannot serve the job: refuse before writing
         check_engines_serve(cfg.model_dir, job)
     why = BACKENDS[cfg.backend].unavailable()
@@ -268,7 +310,6 @@ def run_job(cfg: SynthConfig, sampler=None) -> SynthResult:
     mode, curation = cfg.mode_config(), cfg.curation()
     curation.validate()
     templates, tokens = _prompt_templates(cfg, real)
-    counts, quantity = _class_counts(cfg, real)
     params = _job_params(cfg, real, size, mode, quantity, templates, tokens,
                          _source_hash(cfg.model_dir), curation)
     out = Path(cfg.out_dir)

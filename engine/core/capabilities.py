@@ -128,6 +128,33 @@ def openvino_bf16() -> bool:
     return o.available and "BF16" in o.detail.split("capabilities ", 1)[-1].split(", ")
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (``/proc/cpuinfo``; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_bf16() -> Probe:
+    """Native bf16 arithmetic on this CPU (AVX512_BF16 or AMX-BF16), which PyTorch's bf16
+    autocast and OpenVINO's bf16 hint need to be fast; elsewhere bf16 is emulated (slower than
+    fp32). ``version`` is empty; ``detail`` names the flags found or says none were."""
+    found = [f for f in NATIVE_BF16_FLAGS if f in cpu_flags()]
+    if found:
+        return Probe("cpu_bf16", True, "", "native bf16: " + ", ".join(found))
+    return Probe("cpu_bf16", False, "", "no native bf16 on this CPU (neither "
+                 + " nor ".join(NATIVE_BF16_FLAGS) + " in /proc/cpuinfo)")
+
+
 def require_openvino(what: str) -> None:
     o = openvino()
     if not o.available:
@@ -180,4 +207,5 @@ def require_onnxruntime(what: str) -> None:
 def all_probes() -> list[Probe]:
     import torch
     return [Probe("torch", True, torch.__version__, f"{torch.get_num_threads()} CPU threads"),
-            cuda(), onnxruntime(), openvino(), tensorrt(), xformers(), triton(), deepspeed()]
+            cpu_bf16(), cuda(), onnxruntime(), openvino(), tensorrt(), xformers(), triton(),
+            deepspeed()]

@@ -1,4 +1,5 @@
-"""``medfake bench``: the repository's benchmark suite (``bench/run.py``)."""
+"""``medfake bench``: the repository's benchmark suite (``bench/run.py``), and
+``medfake bench precision-gate`` (``pipelines/precision_gate.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +11,31 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
 
+def _precision_gate(argv: list[str]) -> None:
+    from ..configs.precision_gate import PrecisionGateConfig
+    from .options import add_config_args, config_from_args
+    p = argparse.ArgumentParser(prog="medfake bench precision-gate",
+                                description="the quality gate for reduced precision: a table, "
+                                "exit status 1 when a candidate fails")
+    add_config_args(p, PrecisionGateConfig)
+    a = p.parse_args(argv)
+    cfg = config_from_args(PrecisionGateConfig, a, command="bench precision-gate")
+    from ..precision_gate import run_gate
+    report = run_gate(cfg)
+    print(report.table())
+    if report.failed:
+        sys.exit(1)
+
+
 def _bench(a: argparse.Namespace) -> None:
+    if a.args[:1] == ["precision-gate"]:
+        _precision_gate(a.args[1:])
+        return
     sys.exit(subprocess.call([sys.executable, str(BENCH_DIR / "run.py"), *a.args]))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    be = sub.add_parser("bench", help="run the benchmark suite, write bench/RESULTS.md")
+    be = sub.add_parser("bench", help="run the benchmark suite, write bench/RESULTS.md; "
+                        "`medfake bench precision-gate --help`: the reduced-precision gate")
     be.add_argument("args", nargs=argparse.REMAINDER)
     be.set_defaults(fn=_bench)

@@ -43,8 +43,9 @@ class SynthConfig(JobConfig):
                           "the model on first use, or give an export dir as --model); tensorrt: "
                           "GPU engines; openvino: OpenVINO on the ONNX export (CPU)",
                           choices=BACKEND_CHOICES)
-    precision: str = option("auto", "openvino backend: fp32, bf16 (only on a CPU with native "
-                            "bf16) or auto (bf16 where native, else fp32)",
+    precision: str = option("auto", "fp32, bf16 (on a CPU only with native bf16) or auto: "
+                            "openvino bf16 where native, else fp32; torch fp32; --backend auto "
+                            "measures which passes the quality gate fastest",
                             choices=("auto", "fp32", "bf16"))
     mask: str = option("lesion", "inpainting masks centred on the lesion, or anywhere",
                        choices=("lesion", "random"))

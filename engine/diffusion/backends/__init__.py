@@ -3,7 +3,8 @@
 ``load_model(path, backend)`` returns a ``LoadedModel`` (backend + tokenizer + scheduler config
 + source model hash) whatever the backend, so callers never branch on it:
 
-- ``torch``: PyTorch eager on a diffusers SD directory.
+- ``torch``: PyTorch eager on a diffusers SD directory, fp32 or bf16 autocast (``precision``,
+  default fp32; bf16 on a CPU only with native bf16).
 - ``onnx``: ONNX Runtime on an export dir (``medfake export onnx``).
 - ``tensorrt``: native TensorRT on an engine dir (``medfake export tensorrt``). Needs a GPU.
 - ``openvino``: OpenVINO's CPU plugin on the same ONNX export, fp32 or bf16 (``precision``;
@@ -17,6 +18,9 @@ a diffusers dir on those backends is a ``ModelDirError`` naming the export comma
 - ``auto``: the fastest backend this machine can run (tensorrt > onnx > torch), where
   tensorrt counts only for an engine dir whose profiles serve the job (``job``: batch and image
   size): auto never starts a TensorRT build, and never picks engines that would refuse the job.
+  On a machine without CUDA, ``choose_auto`` (used by ``load_model`` given a ``job``, and by
+  jobs large enough to pay for it) picks backend *and* precision by measured speed among what
+  passes the precision gate, cached per model and machine (``select``).
 
 Every GPU backend computes on this process's GPU (``core.distributed.cuda_device_index``:
 ``LOCAL_RANK`` / ``SLURM_LOCALID`` modulo the visible devices), never on GPU 0 by default.
@@ -73,16 +77,18 @@ def default_device() -> str:
 
 
 def _load_torch(path: str, device: str | None = None, attention: str = "auto",
-                dtype=None, **_) -> LoadedModel:
+                dtype=None, precision: str = "fp32", **_) -> LoadedModel:
     import torch
 
     from ..sd_model import load_components, model_hash
-    from .torch_backend import TorchBackend
+    from .torch_backend import TorchBackend, resolve_precision
     device = device or default_device()
+    resolved = resolve_precision(precision, device)   # refuse before loading any weights
     comps = load_components(path, device=device, dtype=dtype or torch.float32)
-    b = TorchBackend(comps, attention=attention)
+    b = TorchBackend(comps, attention=attention, precision=resolved)
     return LoadedModel(b, comps.tokenizer, dict(comps.scheduler.config), model_hash(path), "torch",
-                       {"attention": b.attention, "fused_groupnorm_silu": b.fused})
+                       {"attention": b.attention, "fused_groupnorm_silu": b.fused,
+                        "precision": b.precision})
 
 
 def _tokenizer_and_scheduler(export_dir: Path) -> tuple[Any, dict]:
@@ -223,11 +229,41 @@ def resolve_backend(name: str, path: str | None = None, job: JobShape | None = N
     return name
 
 
+def source_hash(path: str) -> str:
+    """The hash of the diffusers weights behind ``path`` (a diffusers or an export dir)."""
+    from .manifest import MANIFEST_NAME, ExportManifest
+    if (Path(path) / MANIFEST_NAME).is_file():
+        return ExportManifest.load(path).source_hash
+    from ..sd_model import model_hash
+    return model_hash(path)
+
+
+def choose_auto(path: str, job: JobShape, *, precision: str = "auto",
+                prepare: Prepare | None = None, threads: int | None = None,
+                allow_measure: bool = True, **measure_options):
+    """``select.Choice`` (backend, precision, why) for ``--backend auto`` on a machine without
+    CUDA, measured (or read from the cache) for ``path`` and ``job``; None on a CUDA machine
+    (``resolve_backend``'s static rules apply there) or when ``allow_measure`` is False and a
+    measurement is missing."""
+    if cap.cuda().available:
+        return None
+    from . import select
+    return select.choose(path, source_hash(path), job, precision=precision, prepare=prepare,
+                         threads=threads, allow_measure=allow_measure, **measure_options)
+
+
 def load_model(path: str, backend: str = "torch", *, prepare: Prepare | None = None,
                job: JobShape | None = None, **options) -> LoadedModel:
     """Load ``path`` (diffusers dir or an export dir) on ``backend``; ``prepare`` turns a
     diffusers dir into the export the onnx/tensorrt backends need (see the module doc).
-    ``job``: the largest batch and size the model will sample (TensorRT profiles)."""
+    ``job``: the largest batch and size the model will sample (TensorRT profiles; with
+    ``auto`` on a CPU, the shape the backend and precision are measured at)."""
+    if backend == "auto" and job is not None:
+        choice = choose_auto(path, job, precision=options.get("precision", "auto"),
+                             prepare=prepare, threads=options.get("threads"))
+        if choice is not None:
+            options = {**options, "precision": choice.precision}
+            return load_model(path, choice.backend, prepare=prepare, job=job, **options)
     name = resolve_backend(backend, path, job)
     why = BACKENDS[name].unavailable()
     if why:

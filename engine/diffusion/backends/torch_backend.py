@@ -1,13 +1,50 @@
-"""PyTorch eager execution of a loaded diffusers SD model (any device torch supports)."""
+"""PyTorch eager execution of a loaded diffusers SD model (any device torch supports).
+
+``precision`` (fp32 modules only) picks the UNet's compute precision:
+
+- ``fp32``: the reference numerics;
+- ``bf16``: the UNet runs under ``torch.autocast(device, dtype=torch.bfloat16)`` (matmuls and
+  convolutions in bf16, weights stay fp32); on a CPU only where it has native bf16
+  (AVX512_BF16 or AMX, ``capabilities.cpu_bf16``), refused with one clear error elsewhere,
+  where bf16 is emulated and slower than fp32. The text encoder and the VAE stay fp32;
+- ``auto``: fp32. The torch backend is the reference numerics, which other backends and tests
+  compare against, so it computes in bf16 only when asked, or when ``--backend auto``'s
+  measured, gated choice (``backends.select``) picks ``torch/bf16``.
+
+Modules loaded in fp16/bf16 (``load_components(dtype=...)``) compute in their dtype whatever
+``precision`` says; ``.precision`` reports what the UNet actually computes in.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
+from ...core import capabilities as cap
 from ..sd_model import SDComponents
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(requested: str, device: torch.device | str = "cpu") -> str:
+    """``fp32`` or ``bf16`` for ``requested`` on ``device`` (see the module docstring); on a
+    GPU ``bf16`` is autocast on that GPU."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"torch precision must be one of {', '.join(PRECISIONS)}; got "
+                         f"{requested!r}")
+    if requested == "auto":
+        return "fp32"
+    if torch.device(device).type != "cpu":
+        return requested
+    if requested == "bf16" and not cap.cpu_bf16().available:
+        raise cap.CapabilityError(
+            f"--precision bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX), and this one "
+            f"has none ({' and '.join(cap.NATIVE_BF16_FLAGS)} missing from /proc/cpuinfo): bf16 "
+            f"would be emulated, slower than fp32. Use --precision fp32 (or auto) here.")
+    return requested
 
 
 class TorchBackend:
@@ -16,14 +53,21 @@ class TorchBackend:
     ``fused_kernels`` swaps in the Triton GroupNorm+SiLU kernel (CUDA only, a logged no-op on
     CPU). The modules may be fp16/bf16 (``load_components(dtype=...)``): inputs are cast to
     the module's dtype (the timestep stays float32, as diffusers embeds it in float32) and
-    outputs are returned as float32, so the sampler's arithmetic is unchanged."""
+    outputs are returned as float32, so the sampler's arithmetic is unchanged. ``precision``:
+    see the module docstring (already resolved: ``fp32`` or ``bf16``)."""
 
     name = "torch"
 
-    def __init__(self, comps: SDComponents, attention: str = "auto", fused_kernels: bool = True):
+    def __init__(self, comps: SDComponents, attention: str = "auto", fused_kernels: bool = True,
+                 precision: str = "fp32"):
         from ....kernels.attention import apply_attention
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"TorchBackend takes a resolved precision (fp32 or bf16), got "
+                             f"{precision!r}; see resolve_precision")
         self.comps = comps
         self.device = comps.unet.device
+        # autocast only on fp32 modules: fp16/bf16 modules already compute in their dtype
+        self._autocast = precision == "bf16" and comps.unet.dtype == torch.float32
         vae = comps.vae.config
         self.latent_channels = int(vae.latent_channels)
         self.vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
@@ -41,6 +85,8 @@ class TorchBackend:
     @property
     def precision(self) -> str:
         """The UNet's compute precision (recorded in every sample's provenance)."""
+        if self._autocast:
+            return "bf16"
         return {torch.float32: "fp32", torch.float16: "fp16",
                 torch.bfloat16: "bf16"}.get(self.comps.unet.dtype, str(self.comps.unet.dtype))
 
@@ -51,7 +97,11 @@ class TorchBackend:
     @torch.inference_mode()
     def unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         dt = self.comps.unet.dtype
-        return self.comps.unet(latents.to(dt), t, encoder_hidden_states=text.to(dt)).sample.float()
+        ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self._autocast
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.comps.unet(latents.to(dt), t, encoder_hidden_states=text.to(dt)).sample
+        return out.float()
 
     @torch.inference_mode()
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
