@@ -184,14 +184,15 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
 
 def _sampler_options(cfg: SynthConfig) -> dict[str, Any]:
     """The mass-synthesis sampler options that change images, validated; each only when it is
-    not at its default (off), so plans written before the options existed keep their identity."""
-    from ..engine.diffusion.sampler import SamplerConfig
+    on, so plans written before the options existed keep their identity (the branch counts
+    only, and always, when caching is on)."""
     s = sampler_config(cfg, 0)
     s.check()
-    defaults = SamplerConfig()
-    return {k: getattr(s, k) for k in ("cfg_cutoff", "deep_cache_interval", "deep_cache_branch")
-            if getattr(s, k) != getattr(defaults, k)
-            and (k != "deep_cache_branch" or s.deep_cache_interval > 1)}
+    out: dict[str, Any] = {"cfg_cutoff": s.cfg_cutoff} if s.cfg_cutoff != 1.0 else {}
+    if s.deep_cache_interval > 1:
+        out.update(deep_cache_interval=s.deep_cache_interval,
+                   deep_cache_branch=s.deep_cache_branch)
+    return out
 
 
 def sampler_config(cfg: SynthConfig, size: int):
