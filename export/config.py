@@ -11,7 +11,7 @@ PROTOBUF_LIMIT = 2 * 1024 ** 3
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 23}
 # max_abs <= atol + rtol * max|reference|
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
-# engine.diffusion.backends.components.COMPONENT_NAMES (that module imports torch)
+# engine.diffusion.backends.components.ALL_COMPONENTS (that module imports torch)
 COMPONENT_CHOICES = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "unet_deep",
                      "unet_shallow")
 
@@ -29,7 +29,8 @@ class OnnxExportConfig(JobConfig):
                            "(torch.export)", choices=tuple(DEFAULT_OPSET))
     precision: str = option("fp32", "fp16 computes in fp16 inside float32 graphs",
                             choices=tuple(TOLERANCE))
-    components: tuple[str, ...] | None = option(None, "components to export (default: all four)",
+    components: tuple[str, ...] | None = option(None, "components to export (default: the four; "
+                                                "--deep-cache adds the caching graphs)",
                                                 choices=COMPONENT_CHOICES)
     deep_cache: bool = option(False, "also export the step-feature caching graphs (unet_deep, "
                               "unet_shallow) that `medfake synth --deep-cache-interval K` needs "

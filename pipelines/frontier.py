@@ -7,7 +7,9 @@ For each setting (scheduler x steps x CFG cutoff x DeepCache interval, plus the 
 1. runs a ``medfake synth`` job (``pipelines.synth.run_job``, one stream) writing
    ``per_class`` images per class as shards, and takes **images/s** from it: images written as
    shards over the generation wall time (sampling, encoding and writing; the one-off model
-   load is excluded and reported apart);
+   load is excluded and reported apart), and **images per CPU second** (the process's CPU time
+   over the same span: with one thread, the cost that does not depend on what else the machine
+   runs; ``speed="cpu"`` ranks by it on a shared machine);
 2. scores the images against the real held-out split in each feature space of ``encoders``
    (``engine.evaluation.quality``: Frechet distance, precision, recall);
 
@@ -19,9 +21,10 @@ setting: the fastest whose FD is within ``tolerance`` of the baseline's and, whe
 whose mean downstream accuracy is not below the baseline's 95% seed confidence interval
 (Student t over the seeds).
 
-Outputs in ``out_dir``: ``settings/<key>/`` (the synth job's shards, ``result.json`` and
-``downstream-seed<S>-<tag>.json``: each setting is computed once; a rerun or a run killed
-midway resumes from them), ``frontier.csv`` (one row per setting), ``frontier.png`` (the
+Outputs in ``out_dir``: ``settings/<run tag>/<key>/`` (the synth job's shards, ``result.json``
+and ``downstream-seed<S>-<tag>.json``: each setting is computed once; a rerun or a run killed
+midway resumes from them; the run tag hashes the model, real dataset, image count, backend,
+batch, threads, seed and feature spaces, so a changed one computes anew), ``frontier.csv`` (one row per setting), ``frontier.png`` (the
 scatter with the frontier) and ``frontier.json`` (the summary). Two runs on one ``out_dir``
 are serialised per setting by a file lock.
 """
@@ -47,6 +50,8 @@ from .configs.frontier import BASELINE, FrontierConfig
 log = logging.getLogger(__name__)
 
 SETTING_KEYS = ("scheduler", "steps", "cfg_cutoff", "deep_cache_interval")
+# --speed: what "faster" means (both are always recorded)
+SPEED_KEYS = {"wall": "images_per_s", "cpu": "images_per_cpu_s"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,15 @@ class Frontier:
         cfg.check()
         self.cfg, self.out = cfg, Path(cfg.out_dir)
         self._real: dict[str, Any] = {}
+        # what every setting's result depends on besides the setting: results of another
+        # model, dataset, image count, backend or feature space are never reused
+        same = {k: getattr(cfg, k) for k in ("model_dir", "real_dataset", "per_class",
+                                             "guidance_scale", "backend", "batch_size",
+                                             "threads", "seed", "encoders", "eval_split")}
+        same["model_dir"] = str(Path(cfg.model_dir).resolve())
+        same["real_dataset"] = str(Path(cfg.real_dataset).resolve())
+        tag = derive_seed(json.dumps(same, sort_keys=True)) % 10**10
+        self.root = self.out / "settings" / f"{tag:010d}"
 
     # -- per setting ------------------------------------------------------------------------
 
@@ -121,7 +135,7 @@ class Frontier:
     def measure(self, s: Setting) -> dict[str, Any]:
         """Synthesis speed and sample quality of ``s`` (cached in ``settings/<key>``)."""
         from filelock import FileLock
-        d = self.out / "settings" / s.key
+        d = self.root / s.key
         path = d / "result.json"
         d.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(d.parent / f".{s.key}.lock")):
@@ -130,14 +144,20 @@ class Frontier:
             data = d / "data"
             if data.exists():   # a killed run's partial job: its timing would not be whole
                 shutil.rmtree(data)
-            from .synth import run_job
+            from ..engine.data.reader import DatasetInfo
+            from .synth import load_samplers, run_job
+            scfg = self._synth_config(s, data)
             t0 = time.perf_counter()
-            res = run_job(self._synth_config(s, data))
-            wall = time.perf_counter() - t0
+            samplers = load_samplers(scfg, DatasetInfo.load(self.cfg.real_dataset).image_size)
+            load_s = time.perf_counter() - t0
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            res = run_job(scfg, samplers)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
             row = {**s.as_dict(), "key": s.key, "images": res.pool.images,
-                   "images_per_s": res.images_per_second, "generation_s": res.seconds,
-                   "load_s": res.load_seconds, "wall_s": wall, "backend": self.cfg.backend,
-                   **self._quality(data)}
+                   "images_per_s": res.images_per_second,
+                   "images_per_cpu_s": res.pool.images / cpu if cpu else math.nan,
+                   "generation_s": res.seconds, "cpu_s": cpu, "job_wall_s": wall,
+                   "load_s": load_s, "backend": self.cfg.backend, **self._quality(data)}
             d.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, row)
             return row
@@ -165,7 +185,7 @@ class Frontier:
         c = self.cfg
         tag = derive_seed(json.dumps({"k": c.k, "cnn_steps": c.cnn_steps,
                                       "split": c.eval_split})) % 10**8
-        d = self.out / "settings" / s.key
+        d = self.root / s.key
         names = DatasetInfo.load(c.real_dataset).class_names
         accs = []
         for seed in c.downstream_seeds:
@@ -190,11 +210,14 @@ class Frontier:
         grid = settings_grid(c)
         rows = [self.measure(s) for s in tqdm(grid, desc="frontier settings", unit="setting")]
         fd = f"fd_{c.encoders[0].replace(':', '_')}"
+        sp = SPEED_KEYS[c.speed]
+        for r in rows:
+            r["speed"] = r[sp]
         base = rows[0]
-        front = pareto_front([(r["images_per_s"], r[fd]) for r in rows])
+        front = pareto_front([(r["speed"], r[fd]) for r in rows])
         limit = base[fd] * (1 + c.tolerance)
         within = sorted((i for i, r in enumerate(rows) if r[fd] <= limit and i != 0),
-                        key=lambda i: -rows[i]["images_per_s"])
+                        key=lambda i: -rows[i]["speed"])
         picks = within[:c.downstream_top]
         picks += [i for i in front if i not in picks and i != 0][:c.downstream_top - len(picks)]
         for i in tqdm([0, *picks], desc="downstream CNN", unit="setting"):
@@ -205,17 +228,17 @@ class Frontier:
         b_lo = base["accuracy_ci_low"]
         for i, r in enumerate(rows):
             r["on_frontier"] = i in front
-            r["speedup"] = r["images_per_s"] / base["images_per_s"]
+            r["speedup"] = r["speed"] / base["speed"]
             r["fd_ratio"] = r[fd] / base[fd] if base[fd] else math.nan
             r["fd_within_tolerance"] = bool(r[fd] <= limit)
             r["accuracy_within_ci"] = (bool(r["accuracy_mean"] >= b_lo)
                                        if "accuracy_mean" in r else None)
         ok = [i for i, r in enumerate(rows)
               if r["fd_within_tolerance"] and r["accuracy_within_ci"] is not False]
-        best = max(ok, key=lambda i: rows[i]["images_per_s"])   # the baseline always qualifies
+        best = max(ok, key=lambda i: rows[i]["speed"])   # the baseline always qualifies
         rec = rows[best]
         summary = {"baseline": base["key"], "recommended": rec["key"],
-                   "recommended_speedup": rec["speedup"], "fd_space": fd,
+                   "recommended_speedup": rec["speedup"], "fd_space": fd, "speed": sp,
                    "tolerance": c.tolerance, "frontier": [rows[i]["key"] for i in front],
                    "target_met": bool(rec["speedup"] >= 2.0 and rec["accuracy_within_ci"]),
                    "config": c.to_dict() if hasattr(c, "to_dict") else {}, "rows": rows}
@@ -241,7 +264,7 @@ class Frontier:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        v = [r["images_per_s"] for r in rows]
+        v = [r["speed"] for r in rows]
         f = [r[fd] for r in rows]
         ax.scatter(v, f, c="#9aa5b1", s=18, label="settings")
         ax.plot([v[i] for i in front], [f[i] for i in front], "-o", c="#54a24b", ms=5,
@@ -254,7 +277,8 @@ class Frontier:
         for i in front:
             ax.annotate(rows[i]["key"], (v[i], f[i]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
-        ax.set_xlabel("images/s (shards written)")
+        ax.set_xlabel("images per CPU second (shards written)" if self.cfg.speed == "cpu"
+                      else "images/s (shards written)")
         ax.set_ylabel(f"FD ({fd[3:]} features, lower is better)")
         ax.legend(fontsize=7)
         path = self.out / "frontier.png"
@@ -268,13 +292,15 @@ def markdown_table(summary: dict) -> str:
     """The sweep as a markdown table (frontier rows marked), for the console and RESULTS.md."""
     fd = summary["fd_space"]
     tag = fd[3:]
-    lines = [f"| setting | images/s | speed-up | FD ({tag}) | FD / baseline | precision | recall "
-             f"| k-shot CNN accuracy % (mean [95% CI]) | frontier |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    head = (f"| setting | images/s | images/CPU-s | speed-up ({summary['speed']}) | FD ({tag}) "
+            f"| FD / baseline | precision | recall | k-shot CNN accuracy % (mean [95% CI]) "
+            f"| frontier |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         acc = (f"{100 * r['accuracy_mean']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
                f"{100 * r['accuracy_ci_high']:.1f}]" if "accuracy_mean" in r else "")
-        lines.append(f"| {r['key']} | {r['images_per_s']:.2f} | {r['speedup']:.2f}x | "
+        lines.append(f"| {r['key']} | {r['images_per_s']:.2f} | {r['images_per_cpu_s']:.2f} | "
+                     f"{r['speedup']:.2f}x | "
                      f"{r[fd]:.3f} | {r['fd_ratio']:.3f} | {r[f'precision_{tag}']:.3f} | "
                      f"{r[f'recall_{tag}']:.3f} | {acc} | {'yes' if r['on_frontier'] else ''} |")
     return "\n".join(lines)

@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-
 from medfake.engine.diffusion.sd_model import init_model
 from medfake.pipelines import frontier as fr
 from medfake.pipelines.configs.frontier import FrontierConfig
@@ -26,7 +25,7 @@ def test_frontier_sweeps_writes_and_resumes(small_world, tmp_path, monkeypatch, 
                                  out_dir=str(tmp_path / "f"), backend="torch")
     summary = fr.run_frontier(cfg)
     keys = [r["key"] for r in summary["rows"]]
-    assert keys == ["dpm++-s4-c1-k1", "dpm++-s4-c1-k2"] and summary["baseline"] == keys[0]
+    assert keys == ["dpm++-s2-c1-k1", "dpm++-s2-c1-k2"] and summary["baseline"] == keys[0]
     with (tmp_path / "f" / "frontier.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["key"] for r in rows] == keys
@@ -35,7 +34,7 @@ def test_frontier_sweeps_writes_and_resumes(small_world, tmp_path, monkeypatch, 
     assert "accuracy_mean" in summary["rows"][0]          # the baseline always trains the CNN
     assert summary["recommended"] in keys and "frontier" in capsys.readouterr().out
     # a rerun computes nothing: every setting and downstream seed comes from the cache
-    import medfake.pipelines.synth as synth
+    from medfake.pipelines import synth
 
     def no_synthesis(*a, **k):
         raise AssertionError("resumed run synthesised again")

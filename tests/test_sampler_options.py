@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from medfake.engine.diffusion.backends import load_model
 from medfake.engine.diffusion.backends.components import JobShape, input_shapes
 from medfake.engine.diffusion.backends.manifest import ExportManifest
@@ -105,8 +104,8 @@ def test_caching_needs_a_backend_that_can_run_it(torch_model):
     with pytest.raises(DeepCacheError, match="cannot run step-feature caching"):
         Sampler(b, torch_model.tokenizer, torch_model.scheduler_config,
                 SamplerConfig(deep_cache_interval=2))
-    for bad, match in ((dict(cfg_cutoff=1.5), "cfg-cutoff"),
-                       (dict(deep_cache_interval=0), "deep-cache-interval")):
+    for bad, match in (({"cfg_cutoff": 1.5}, "cfg-cutoff"),
+                       ({"deep_cache_interval": 0}, "deep-cache-interval")):
         with pytest.raises(ValueError, match=match):
             SamplerConfig(**bad).check()
 

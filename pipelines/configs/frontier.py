@@ -21,9 +21,9 @@ class FrontierConfig(JobConfig):
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
         # seconds on a micro model: what the tests run
-        "test": dict(schedulers=("dpm++",), steps=(4,), cfg_cutoffs=(1.0,),
-                     cache_intervals=(1, 2), per_class=4, batch_size=4, downstream_top=1,
-                     downstream_seeds=(0,), cnn_steps=5, baseline_steps=4),
+        "test": dict(schedulers=("dpm++",), steps=(2,), cfg_cutoffs=(1.0,),
+                     cache_intervals=(1, 2), per_class=2, batch_size=6, downstream_top=1,
+                     downstream_seeds=(0,), cnn_steps=2, baseline_steps=2),
     }
 
     model_dir: str = option(help="diffusers model dir (or an ONNX/TensorRT export dir)",
@@ -45,6 +45,9 @@ class FrontierConfig(JobConfig):
     encoders: tuple[str, ...] = option(("pixel",), "feature spaces for FD and precision/recall "
                                        "(pixel, pixel:SIZE, clip:PATH); the first ranks settings")
     eval_split: str = option("test", "real held-out split for quality and accuracy")
+    speed: str = option("wall", "what ranks the settings: wall (images/s) or cpu (images per "
+                        "CPU second: robust on a shared machine with --threads 1)",
+                        choices=("wall", "cpu"))
     tolerance: float = option(0.05, "a setting matches the baseline when its FD is within this "
                               "fraction of the baseline's")
     downstream_top: int = option(3, "frontier settings (cheapest first) that also train the "
