@@ -49,3 +49,36 @@ def test_frontier_refuses_bad_grids():
         FrontierConfig(model_dir="m", real_dataset="r", schedulers=("nope",)).check()
     with pytest.raises(ValueError, match="cfg-cutoffs"):
         FrontierConfig(model_dir="m", real_dataset="r", cfg_cutoffs=(1.5,)).check()
+
+
+def test_recommendation_needs_fd_recall_and_accuracy(tmp_path, monkeypatch):
+    """The selection on fixed measurements: the fastest setting within the FD tolerance wins
+    unless its downstream accuracy falls below the baseline's seed CI (or, when asked, its
+    recall below the recall tolerance)."""
+    fake = {"dpm++-s20-c1-k1": (10, 10.0, 0.20), "dpm++-s20-c1-k3": (15, 10.2, 0.19),
+            "dpm++-s10-c1-k1": (20, 10.4, 0.10), "dpm++-s10-c1-k3": (30, 12.0, 0.20)}
+    accs = {"dpm++-s20-c1-k1": [0.50, 0.52, 0.54], "dpm++-s20-c1-k3": [0.50, 0.50, 0.52],
+            "dpm++-s10-c1-k1": [0.40, 0.41, 0.42], "dpm++-s10-c1-k3": [0.45, 0.46, 0.47]}
+
+    def measure(self, s):
+        v, f, r = fake[s.key]
+        return {"key": s.key, "images_per_s": v, "images_per_cpu_s": v / 2, "fd_pixel": f,
+                "precision_pixel": 0.9, "recall_pixel": r}
+    monkeypatch.setattr(fr.Frontier, "measure", measure)
+    monkeypatch.setattr(fr.Frontier, "downstream", lambda self, s: accs[s.key])
+    base = {"model_dir": "m", "real_dataset": "r", "schedulers": ("dpm++",), "steps": (20, 10),
+            "cfg_cutoffs": (1.0,), "cache_intervals": (1, 3), "downstream_top": 2}
+    s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "a"))).run()
+    assert s["frontier"] == ["dpm++-s10-c1-k3", "dpm++-s10-c1-k1", "dpm++-s20-c1-k3",
+                             "dpm++-s20-c1-k1"]
+    rows = {r["key"]: r for r in s["rows"]}
+    assert rows["dpm++-s10-c1-k1"]["accuracy_within_ci"] is False      # fast but hurts the CNN
+    assert s["recommended"] == "dpm++-s20-c1-k3" and s["recommended_speedup"] == 1.5
+    assert not s["target_met"] and "accuracy_mean" not in rows["dpm++-s10-c1-k3"]  # FD +20%
+    accs["dpm++-s10-c1-k1"] = [0.50, 0.52, 0.53]
+    s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "b"))).run()
+    assert s["recommended"] == "dpm++-s10-c1-k1" and s["target_met"]
+    s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "c"), recall_tolerance=0.2,
+                                   speed="cpu")).run()
+    assert s["recommended"] == "dpm++-s20-c1-k3"                       # recall 0.10 < 0.16
+    assert (tmp_path / "c" / "frontier.png").is_file()

@@ -50,6 +50,9 @@ class FrontierConfig(JobConfig):
                         choices=("wall", "cpu"))
     tolerance: float = option(0.05, "a setting matches the baseline when its FD is within this "
                               "fraction of the baseline's")
+    recall_tolerance: float | None = option(None, "also require recall (first feature space) "
+                                            "within this fraction of the baseline's (default: "
+                                            "FD only)")
     downstream_top: int = option(3, "frontier settings (cheapest first) that also train the "
                                  "downstream CNN")
     downstream_seeds: tuple[int, ...] = option((0, 1, 2), "k-shot subset and CNN seeds")
@@ -66,6 +69,8 @@ class FrontierConfig(JobConfig):
             raise ValueError("--steps and --cache-intervals must be >= 1")
         if any(not 0 <= c <= 1 for c in self.cfg_cutoffs):
             raise ValueError("--cfg-cutoffs are fractions of the steps in [0, 1]")
+        if self.recall_tolerance is not None and not 0 <= self.recall_tolerance <= 1:
+            raise ValueError("--recall-tolerance is a fraction in [0, 1]")
         if self.per_class < 2 or self.tolerance < 0 or not self.downstream_seeds:
             raise ValueError("--per-class must be >= 2, --tolerance >= 0, and at least one "
                              "--downstream-seeds")
