@@ -11,8 +11,9 @@ PROTOBUF_LIMIT = 2 * 1024 ** 3
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 23}
 # max_abs <= atol + rtol * max|reference|
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
-# engine.diffusion.backends.components.COMPONENT_NAMES (that module imports torch)
-COMPONENT_CHOICES = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# engine.diffusion.backends.components.ALL_COMPONENTS (that module imports torch)
+COMPONENT_CHOICES = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "unet_deep",
+                     "unet_shallow")
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,12 @@ class OnnxExportConfig(JobConfig):
                            "(torch.export)", choices=tuple(DEFAULT_OPSET))
     precision: str = option("fp32", "fp16 computes in fp16 inside float32 graphs",
                             choices=tuple(TOLERANCE))
-    components: tuple[str, ...] | None = option(None, "components to export (default: all four)",
+    components: tuple[str, ...] | None = option(None, "components to export (default: the four; "
+                                                "--deep-cache adds the caching graphs)",
                                                 choices=COMPONENT_CHOICES)
+    deep_cache: bool = option(False, "also export the step-feature caching graphs (unet_deep, "
+                              "unet_shallow) that `medfake synth --deep-cache-interval K` needs "
+                              "on onnx, openvino and tensorrt")
     validate_batches: tuple[int, int] = api_only((1, 3))
     simplify: bool = api_only(True)       # onnxslim: fold shape arithmetic, drop redundant nodes
     external_data_threshold: int = api_only(PROTOBUF_LIMIT)  # bytes of weights; 0 forces external
@@ -38,14 +43,14 @@ class OnnxExportConfig(JobConfig):
         return self.opset or DEFAULT_OPSET[self.exporter]
 
     def check(self) -> None:
-        from ..engine.diffusion.backends.components import COMPONENT_NAMES
+        from ..engine.diffusion.backends.components import ALL_COMPONENTS
         if self.exporter not in DEFAULT_OPSET:
             raise ValueError(f"exporter must be one of {sorted(DEFAULT_OPSET)}, got {self.exporter!r}")
         if self.precision not in TOLERANCE:
             raise ValueError(f"precision must be one of {sorted(TOLERANCE)}, got {self.precision!r}")
-        bad = set(self.components or ()) - set(COMPONENT_NAMES)
+        bad = set(self.components or ()) - set(ALL_COMPONENTS)
         if bad:
-            raise ValueError(f"unknown components {sorted(bad)}; choose from {COMPONENT_NAMES}")
+            raise ValueError(f"unknown components {sorted(bad)}; choose from {ALL_COMPONENTS}")
         if self.exporter == "torchscript" and self.resolved_opset() > 20:
             raise ValueError("the torchscript exporter supports opset <= 20; use --exporter dynamo "
                              "for opset 21-23")

@@ -3,6 +3,8 @@
 Output directory::
 
     text_encoder/model.onnx  unet/model.onnx  vae_encoder/model.onnx  vae_decoder/model.onnx
+    unet_deep/model.onnx  unet_shallow/model.onnx   with --deep-cache (step-feature caching:
+                              the full UNet emitting its deep feature, and the shallow pass)
     tokenizer/  scheduler/    copied from the source model (the ORT backend needs them)
     export_manifest.json      see ``export.manifest``
 
@@ -29,7 +31,8 @@ import torch
 from torch import nn
 
 from ..engine.diffusion.sd_model import check_model_dir, load_components, model_hash
-from ..engine.diffusion.backends.components import (COMPONENT_NAMES, FP32_INPUTS, SPECS,
+from ..engine.diffusion.backends.components import (COMPONENT_NAMES, DEEP_CACHE_BRANCH,
+                                                    DEEP_CACHE_COMPONENTS, FP32_INPUTS, SPECS,
                                                     ComponentSpec, ModelGeometry)
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 from .config import PROTOBUF_LIMIT, TOLERANCE, OnnxExportConfig
@@ -53,7 +56,8 @@ class _Fp16Compute(nn.Module):
     def forward(self, *args):
         args = [a.half() if a.is_floating_point() and i not in self.keep_fp32 else a
                 for i, a in enumerate(args)]
-        return self.m(*args).float()
+        out = self.m(*args)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 def fp16_compute(module: nn.Module, spec: ComponentSpec) -> _Fp16Compute:
@@ -90,8 +94,9 @@ def _run_exporter(module, spec: ComponentSpec, example, opset: int, path: Path,
     if cfg.exporter == "torchscript":
         out_axes = {0: "batch"} if spec.name == "text_encoder" else {0: "batch", 2: "out_h", 3: "out_w"}
         torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset,
-                          input_names=list(spec.inputs), output_names=[spec.output],
-                          dynamic_axes={**spec.dynamic_axes, spec.output: out_axes},
+                          input_names=list(spec.inputs), output_names=list(spec.outputs),
+                          dynamic_axes={**spec.dynamic_axes,
+                                        **{o: out_axes for o in spec.outputs}},
                           do_constant_folding=True)
     else:
         dims = {}
@@ -99,7 +104,8 @@ def _run_exporter(module, spec: ComponentSpec, example, opset: int, path: Path,
             axes = spec.dynamic_axes.get(name)
             dims[name] = ({a: torch.export.Dim.AUTO for a in axes} if axes else None)
         program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
-                                    input_names=list(spec.inputs), output_names=[spec.output],
+                                    input_names=list(spec.inputs),
+                                    output_names=list(spec.outputs),
                                     dynamic_shapes=tuple(dims[n] for n in spec.inputs),
                                     verbose=False)
         # Over the threshold (or protobuf's 2 GB) the weights go to model.onnx.data; below it
@@ -148,17 +154,21 @@ def validate_component(module: nn.Module, spec: ComponentSpec, geom: ModelGeomet
     for b in batches:
         inputs = spec.example(geom, b, torch.Generator().manual_seed(1000 + b))
         with torch.inference_mode():
-            ref = module(*inputs).float().numpy()
-        got = sess.run(None, {n: t.numpy() for n, t in zip(spec.inputs, inputs)})[0]
-        if got.shape != ref.shape:
-            raise ExportError(f"{spec.name}: ONNX output shape {got.shape} != PyTorch {ref.shape} "
-                              f"at batch {b}")
-        err = np.abs(got.astype(np.float64) - ref)
-        scale = float(np.abs(ref).max())
-        max_abs, max_rel = float(err.max()), float(err.max() / max(scale, 1e-12))
-        rows.append({"batch": b, "max_abs": max_abs, "max_rel": max_rel,
-                     "ok": bool(max_abs <= atol + rtol * scale)})
-        log.debug("validate %s batch %d: max abs %.3g, max rel %.3g", spec.name, b, max_abs, max_rel)
+            refs = module(*inputs)
+        refs = [r.float().numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+        gots = sess.run(None, {n: t.numpy() for n, t in zip(spec.inputs, inputs)})
+        for out_name, ref, got in zip(spec.outputs, refs, gots):
+            if got.shape != ref.shape:
+                raise ExportError(f"{spec.name}: ONNX output {out_name} shape {got.shape} != "
+                                  f"PyTorch {ref.shape} at batch {b}")
+            err = np.abs(got.astype(np.float64) - ref)
+            scale = float(np.abs(ref).max())
+            max_abs, max_rel = float(err.max()), float(err.max() / max(scale, 1e-12))
+            rows.append({"batch": b, "max_abs": max_abs, "max_rel": max_rel,
+                         "ok": bool(max_abs <= atol + rtol * scale),
+                         **({"output": out_name} if spec.extra_outputs else {})})
+            log.debug("validate %s %s batch %d: max abs %.3g, max rel %.3g", spec.name,
+                      out_name, b, max_abs, max_rel)
     return rows
 
 
@@ -176,7 +186,9 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         settings={**asdict(cfg), "opset": cfg.resolved_opset()},
         versions={"torch": torch.__version__, "onnx": onnx.__version__, **_ort_version()})
     failures = []
-    for name in cfg.components or COMPONENT_NAMES:
+    names = list(cfg.components or COMPONENT_NAMES)
+    names += [n for n in DEEP_CACHE_COMPONENTS if cfg.deep_cache and n not in names]
+    for name in names:
         spec = SPECS[name]
         module = spec.wrap(comps).eval()
         ref_module = module
@@ -203,7 +215,10 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
             {n: s for n, s in spec.shapes(geom, 1).items()}, "output": spec.output,
             "dynamic_axes": spec.dynamic_axes, "bytes": weight_bytes, "external_data": external,
             "validation": rows, "tolerance": {"atol": atol, "rtol": rtol},
-            "export_seconds": round(export_s, 2)}
+            "export_seconds": round(export_s, 2),
+            **({"outputs": list(spec.outputs)} if spec.extra_outputs else {}),
+            **({"deep_cache_branch": DEEP_CACHE_BRANCH}
+               if name in DEEP_CACHE_COMPONENTS else {})}
         for r in rows:
             print(f"{name:13s} batch {r['batch']}: max abs err {r['max_abs']:.2e}, "
                   f"max rel err {r['max_rel']:.2e}  {'OK' if r['ok'] else 'OVER TOLERANCE'}")

@@ -35,7 +35,8 @@ from typing import Callable
 
 from ..engine.core import capabilities as cap
 from ..engine.core.paths import cache_dir
-from ..engine.diffusion.backends.components import (FP32_INPUTS, SPECS, JobShape, ModelGeometry,
+from ..engine.diffusion.backends.components import (FP32_INPUTS, SPECS, UNET_COMPONENTS,
+                                                    JobShape, ModelGeometry,
                                                     input_shapes)
 from ..engine.diffusion.backends.manifest import ExportError, ExportManifest
 from .config import TensorRTBuildConfig
@@ -48,7 +49,7 @@ Shape = tuple[int, ...]
 def component_batches(component: str, cfg: TensorRTBuildConfig) -> tuple[int, int, int]:
     """(min, opt, max) batch of one component's calls for ``cfg``'s images per call."""
     lo, opt, hi = cfg.min_batch, cfg.opt_batch, cfg.max_batch
-    if component == "unet":          # CFG doubles the batch; guidance 1 does not
+    if component in UNET_COMPONENTS:  # CFG doubles the batch; guidance 1 does not
         return lo, 2 * opt, 2 * hi
     if component == "text_encoder":  # the negative prompt is encoded alone
         return 1, opt, hi
@@ -250,7 +251,9 @@ def build_engines(onnx_dir: str, out_dir: str, cfg: TensorRTBuildConfig = Tensor
         manifest.components[name] = {
             "file": f"{name}.plan", "cache_key": key, "output": SPECS[name].output,
             "profile": {k: [list(s) for s in v] for k, v in shapes[name].items()},
-            "validation": [], "tolerance": src.components[name]["tolerance"]}
+            "validation": [], "tolerance": src.components[name]["tolerance"],
+            **{k: src.components[name][k] for k in ("outputs", "deep_cache_branch")
+               if k in src.components[name]}}
     for sub in ("tokenizer", "scheduler"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)

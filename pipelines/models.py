@@ -56,10 +56,19 @@ def _is_export(path: Path, kind: str) -> bool:
 
 def prepare_export(path: str, kind: str, job: JobShape | None = None) -> str:
     """An export dir of ``kind`` ("onnx" or "tensorrt") for a diffusers (or ONNX) dir, cached;
-    TensorRT engines get profiles that serve ``job`` (default: the model's native size)."""
+    TensorRT engines get profiles that serve ``job`` (default: the model's native size); a
+    ``job.deep_cache`` export also holds the step-feature caching graphs."""
     from ..export.onnx_export import export_onnx
     p = Path(path)
-    onnx_dir = p if _is_export(p, "onnx") else _export_cached(path, "onnx", export_onnx)
+    deep = job is not None and job.deep_cache
+    if _is_export(p, "onnx"):
+        onnx_dir = p
+    elif deep:   # the step-feature caching graphs too (a separate cache entry)
+        from ..export.config import OnnxExportConfig
+        onnx_dir = _export_cached(path, "onnx-deepcache", lambda m, o: export_onnx(
+            m, o, OnnxExportConfig(deep_cache=True)))
+    else:
+        onnx_dir = _export_cached(path, "onnx", export_onnx)
     if kind == "onnx":
         return str(onnx_dir)
     if kind != "tensorrt":
@@ -71,7 +80,8 @@ def prepare_export(path: str, kind: str, job: JobShape | None = None) -> str:
     src = ExportManifest.load(onnx_dir)
     g = src.geometry
     cfg = profile_for_job(job or JobShape(1, g.image_size, g.image_size), g, TensorRTBuildConfig())
-    key = f"{src.source_hash[:24]}-b{cfg.max_batch}-s{cfg.min_size}-{cfg.max_size}"
+    key = (f"{src.source_hash[:24]}-b{cfg.max_batch}-s{cfg.min_size}-{cfg.max_size}"
+           f"{'-dc' if 'unet_deep' in src.components else ''}")
     out = cache_dir("tensorrt-run", key)
     with FileLock(str(out.parent / f".{key}.lock")):   # one builder per engine dir
         if not _is_export(out, "tensorrt"):

@@ -174,6 +174,7 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
     uses_real = mode.conditioned or "per_real" in quantity or curation.memorization
     return {"generator": "diffusion", **mode.identity(), **quantity, "seed": cfg.seed,
             "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+            **_sampler_options(cfg),
             "negative_prompt": cfg.negative_prompt, "image_size": size, "channels": real.channels,
             "image_format": cfg.image_format, "quality": cfg.quality,
             "samples_per_shard": cfg.samples_per_shard, "backend": cfg.backend,
@@ -188,14 +189,40 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
                         "mode": mode.mode, "conditioned": mode.conditioned}}
 
 
+def _sampler_options(cfg: SynthConfig) -> dict[str, Any]:
+    """The mass-synthesis sampler options that change images, validated; each only when it is
+    on, so plans written before the options existed keep their identity (the branch counts
+    only, and always, when caching is on)."""
+    s = sampler_config(cfg, 0)
+    s.check()
+    out: dict[str, Any] = {"cfg_cutoff": s.cfg_cutoff} if s.cfg_cutoff != 1.0 else {}
+    if s.deep_cache_interval > 1:
+        out.update(deep_cache_interval=s.deep_cache_interval,
+                   deep_cache_branch=s.deep_cache_branch)
+    return out
+
+
+def sampler_config(cfg: SynthConfig, size: int):
+    """The job's ``SamplerConfig`` at ``size`` px."""
+    from ..engine.diffusion.sampler import SamplerConfig
+    return SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.negative_prompt,
+                         size, size, cfg_cutoff=cfg.cfg_cutoff,
+                         deep_cache_interval=cfg.deep_cache_interval,
+                         deep_cache_branch=cfg.deep_cache_branch)
+
+
 # ----------------------------------------------------------------------------- running
 
 def synth_job_shape(cfg: SynthConfig, size: int):
     """What the job asks of a backend: ``--batch-size`` images of ``size`` px per call, the
-    UNet's batch doubled under classifier-free guidance."""
+    UNet's batch doubled under classifier-free guidance (and also undoubled after the
+    ``--cfg-cutoff``)."""
     from ..engine.diffusion.backends.components import JobShape
     from ..engine.diffusion.sampler import uses_cfg
-    return JobShape(cfg.batch_size, size, size, uses_cfg(cfg.guidance_scale))
+    s = sampler_config(cfg, size)
+    return JobShape(cfg.batch_size, size, size, uses_cfg(cfg.guidance_scale),
+                    truncated_guidance=s.cfg_steps() < s.steps,
+                    deep_cache=s.deep_cache_interval > 1)
 
 
 def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> list:
@@ -209,7 +236,6 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
 
     from ..engine.core import capabilities as cap
     from ..engine.core.paths import cache_dir
-    from ..engine.diffusion.sampler import SamplerConfig
     threads = cfg.threads or torch.get_num_threads()
     device = "cuda" if cap.cuda().available else "cpu"
     streams = resolve_streams(cfg.streams, cfg.backend, device, threads, n_batches)
@@ -224,8 +250,7 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
             opts["precision"] = cfg.precision
         with FileLock(str(cache_dir("locks") / "export.lock")):
             model = load_model(cfg.model_dir, cfg.backend, job=job, **opts)
-    scfg = SamplerConfig(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.negative_prompt,
-                         size, size)
+    scfg = sampler_config(cfg, size)
     why = "as asked (--streams)" if cfg.streams else (
         f"automatic: one per thread, capped by the job's {n_batches} batch(es)"
         if n_batches is not None and streams == n_batches and streams < threads else "automatic")
@@ -351,7 +376,8 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
     result.load_seconds, result.streams = time.perf_counter() - t, len(samplers)
     base = {"source": "synthetic", "generator": "diffusion", "model_hash": plan.params["model_hash"],
             "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
-            "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "backend": cfg.backend,
+            "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, **_sampler_options(cfg),
+            "backend": cfg.backend,
             "precision": getattr(samplers[0].backend, "precision", "fp32"),
             "split": "train", "mode": mode.mode}
     r = result.rank

@@ -118,12 +118,12 @@ def test_choice_lists_equal_the_engines():
     """The configs repeat a few engine constants so the CLI imports no torch: keep them equal."""
     from medfake.engine.clip.data import AUGMENTS
     from medfake.engine.diffusion.backends import BACKEND_CHOICES
-    from medfake.engine.diffusion.backends.components import COMPONENT_NAMES
+    from medfake.engine.diffusion.backends.components import ALL_COMPONENTS
     from medfake.engine.synth.modes import MODES
     from medfake.pipelines.configs import synth, train_clip
     from medfake.export.config import COMPONENT_CHOICES
     assert synth.BACKEND_CHOICES == BACKEND_CHOICES and synth.MODES == MODES
-    assert train_clip.AUGMENT_CHOICES == AUGMENTS and COMPONENT_CHOICES == COMPONENT_NAMES
+    assert train_clip.AUGMENT_CHOICES == AUGMENTS and COMPONENT_CHOICES == ALL_COMPONENTS
 
 
 def test_profiles_keep_their_names_and_values():

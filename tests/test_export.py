@@ -29,17 +29,22 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
-    return export_onnx(str(tiny), str(tmp_path_factory.mktemp("onnx") / "export"))
+    # with the step-feature caching graphs (unet_deep, unet_shallow), which its tests use too
+    return export_onnx(str(tiny), str(tmp_path_factory.mktemp("onnx") / "export"),
+                       OnnxExportConfig(deep_cache=True))
 
 
 def test_export_writes_validated_graphs_and_manifest(exported, tiny):
     m = ExportManifest.load(exported, kind="onnx")
-    assert set(m.components) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert set(m.components) == {"text_encoder", "unet", "vae_encoder", "vae_decoder",
+                                 "unet_deep", "unet_shallow"}
     from medfake.engine.diffusion.sd_model import model_hash
     assert m.source_hash == model_hash(tiny)
     for name, entry in m.components.items():
         onnx.checker.check_model(str(exported / entry["file"]))
-        assert [r["batch"] for r in entry["validation"]] == [1, 3]
+        # unet_deep validates both of its outputs (noise_pred, deep_feature) at each batch
+        assert [r["batch"] for r in entry["validation"]] == (
+            [1, 1, 3, 3] if name == "unet_deep" else [1, 3])
         assert all(r["ok"] and r["max_abs"] < 1e-4 for r in entry["validation"]), name
         assert entry["opset"] == 17 and entry["tolerance"]["atol"] == 1e-4
         graph = onnx.load(str(exported / entry["file"])).graph
@@ -57,6 +62,28 @@ def test_onnx_backend_matches_torch_images(exported, tiny):
     got = onnx_model.sampler(cfg).generate(prompts, seeds, output="float")
     assert got.shape == ref.shape == (2, 32, 32, 3)
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_cached_sampling_on_onnx_matches_torch(exported, tiny):
+    """Step-feature caching with CFG truncation through the exported graphs (ONNX Runtime, and
+    OpenVINO where installed) equals the torch path within float tolerance."""
+    from medfake.engine.diffusion.deep_cache import DeepCacheError
+    cfg = SamplerConfig("dpm++", 7, 4.0, "", 32, 32, cfg_cutoff=0.5, deep_cache_interval=3)
+    prompts, seeds = ["a CT image of a cyst", "a CT image of a hemangioma"], [3, 4]
+    ref = load_model(str(tiny), "torch").sampler(cfg).generate(prompts, seeds, output="float")
+    base = load_model(str(tiny), "torch").sampler(SamplerConfig("dpm++", 7, 4.0, "", 32, 32)
+                                                  ).generate(prompts, seeds, output="float")
+    assert np.abs(ref - base).max() > 1e-3            # the cached path is not the plain one
+    got = load_model(str(exported), "onnx").sampler(cfg).generate(prompts, seeds, output="float")
+    assert np.abs(got - ref).max() < 1e-3
+    if cap.openvino().available:
+        ov = load_model(str(exported), "openvino", precision="fp32").sampler(cfg)
+        assert np.abs(ov.generate(prompts, seeds, output="float") - ref).max() < 1e-3
+    m = ExportManifest.load(exported)
+    for name in ("unet_deep", "unet_shallow"):
+        m.components.pop(name)
+    with pytest.raises(DeepCacheError, match="--deep-cache"):
+        m.require_deep_cache("DIR", "onnx", 1)
 
 
 def test_onnx_backend_from_model_dir_exports_once_into_cache(tiny, exported, monkeypatch):
@@ -133,6 +160,12 @@ def test_tensorrt_profiles_cache_keys_and_cpu_refusal(exported, tmp_path):
     ref = load_model(str(exported), "onnx", provider="cpu").sampler(scfg).generate(
         ["a"] * 2, [0, 1], output="float")
     got = load_model(str(out), "tensorrt").sampler(scfg).generate(["a"] * 2, [0, 1],
+                                                                  output="float")
+    assert float(np.abs(got - ref).max()) < 6e-2
+    dcfg = SamplerConfig("dpm++", 4, 4.0, "", 64, 64, cfg_cutoff=0.5, deep_cache_interval=2)
+    ref = load_model(str(exported), "onnx", provider="cpu").sampler(dcfg).generate(
+        ["a"] * 2, [0, 1], output="float")
+    got = load_model(str(out), "tensorrt").sampler(dcfg).generate(["a"] * 2, [0, 1],
                                                                   output="float")
     assert float(np.abs(got - ref).max()) < 6e-2
     with pytest.raises(EngineShapeError, match="cannot serve 9 image"):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -63,6 +64,11 @@ class DiffusionBackend(Protocol):
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor: ...   # -> mean|logvar (2C ch)
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor: ...
     # optional: unet_in_channels (int): 2 * latent_channels + 1 for an inpainting UNet
+    # optional, for step-feature caching (``SamplerConfig.deep_cache_interval`` > 1; see
+    # ``engine.diffusion.deep_cache``): ``require_deep_cache(branch)`` raises
+    # ``DeepCacheError`` (naming the fix, e.g. the re-export command) when the backend cannot
+    # run it, ``unet_full_with_cache(latents, t, text, branch) -> (eps, deep)`` and
+    # ``unet_shallow(latents, t, text, deep, branch) -> eps``.
 
 
 def uses_cfg(guidance_scale: float) -> bool:
@@ -72,12 +78,48 @@ def uses_cfg(guidance_scale: float) -> bool:
 
 @dataclass
 class SamplerConfig:
+    """Sampler settings. The mass-synthesis options are off by default:
+
+    - ``cfg_cutoff``: the fraction of the steps that run classifier-free guidance; the first
+      ``ceil(cfg_cutoff * steps)`` steps run uncond+cond (UNet batch 2N), the rest the
+      conditional branch alone (batch N). 1 = guidance on every step.
+    - ``deep_cache_interval``: step-feature caching (``engine.diffusion.deep_cache``): every
+      ``k``-th step (0, k, 2k, ...) runs the full UNet and keeps its deep feature, the steps
+      between run only the shallow path on it. 1 = every step is a full UNet call.
+    - ``deep_cache_branch``: how many shallow UNet levels run on a cached step (1 = the
+      outermost only, the cheapest).
+    """
+
     scheduler: str = "dpm++"
     steps: int = 20
     guidance_scale: float = 4.0
     negative_prompt: str = ""
     height: int = 32
     width: int = 32
+    cfg_cutoff: float = 1.0
+    deep_cache_interval: int = 1
+    deep_cache_branch: int = 1
+
+    def check(self) -> None:
+        """ValueError naming the option when a setting is out of range."""
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.cfg_cutoff <= 1.0:
+            raise ValueError(f"--cfg-cutoff is a fraction of the steps in [0, 1], got "
+                             f"{self.cfg_cutoff}")
+        if self.deep_cache_interval < 1:
+            raise ValueError(f"--deep-cache-interval must be >= 1 (1 = off), got "
+                             f"{self.deep_cache_interval}")
+        if self.deep_cache_branch < 1:
+            raise ValueError(f"--deep-cache-branch must be >= 1, got {self.deep_cache_branch}")
+
+    def cfg_steps(self) -> int:
+        """How many of the first steps run classifier-free guidance (when it is on)."""
+        return min(self.steps, math.ceil(self.cfg_cutoff * self.steps - 1e-9))
+
+    def is_full_step(self, i: int) -> bool:
+        """Whether step ``i`` runs the whole UNet (always, unless step-feature caching)."""
+        return i % self.deep_cache_interval == 0
 
 
 class Sampler:
@@ -86,6 +128,16 @@ class Sampler:
     def __init__(self, backend: DiffusionBackend, tokenizer, scheduler_config: dict,
                  cfg: SamplerConfig):
         self.backend, self.tokenizer, self.cfg = backend, tokenizer, cfg
+        cfg.check()
+        if cfg.deep_cache_interval > 1:
+            from .deep_cache import DeepCacheError
+            require = getattr(backend, "require_deep_cache", None)
+            if require is None:
+                raise DeepCacheError(f"the {getattr(backend, 'name', type(backend).__name__)} "
+                                     f"backend cannot run step-feature caching; use --backend "
+                                     f"torch, onnx, openvino or tensorrt, or "
+                                     f"--deep-cache-interval 1")
+            require(cfg.deep_cache_branch)
         self.scheduler = make_scheduler(cfg.scheduler, scheduler_config)
         f = backend.vae_scale_factor
         if cfg.height % f or cfg.width % f:
@@ -123,27 +175,57 @@ class Sampler:
         (what diffusers' ``output_type="latent"`` returns)."""
         if len(prompts) != len(seeds):
             raise ValueError("need exactly one seed per prompt")
-        n, g = len(prompts), self.cfg.guidance_scale
-        cfg_on = uses_cfg(g)
         text = self._embed(prompts)
-        if cfg_on:
-            text = torch.cat([self._uncond(n), text])
+        latents = self._denoise(self.initial_latents(seeds), text, seeds)
+        if output == "latent":
+            return latents.float().cpu().numpy()
+        return self.decode(latents, output)
+
+    def _denoise(self, noise: torch.Tensor, text: torch.Tensor, seeds: list[int],
+                 extra: torch.Tensor | None = None, after_step=None) -> torch.Tensor:
+        """The denoising loop (both ``generate`` and ``generate_conditioned``): ``noise`` the
+        initial latents (N, C, h, w), ``text`` the prompts' embeddings (N, ...); ``extra``
+        (N, ...) channels concatenated to the UNet input (inpainting UNets); ``after_step(i,
+        latents) -> latents`` runs after every scheduler step. Returns the final latents.
+
+        Classifier-free guidance (``uses_cfg``) runs uncond+cond in one batch of 2N for the
+        first ``cfg.cfg_steps()`` steps and the conditional branch alone (batch N) after;
+        with step-feature caching, steps that are not ``cfg.is_full_step`` run the shallow
+        pass on the deep feature of the last full step (its conditional half once the batch
+        has dropped to N)."""
+        cfg, b = self.cfg, self.backend
+        n, g = len(seeds), cfg.guidance_scale
+        n_cfg = cfg.cfg_steps() if uses_cfg(g) else 0
+        text_cfg = torch.cat([self._uncond(n), text]) if n_cfg else None
+        extra_cfg = torch.cat([extra] * 2) if n_cfg and extra is not None else None
         sched = self.scheduler
-        sched.set_timesteps(self.cfg.steps, device=self.backend.device)
-        latents = self.initial_latents(seeds) * sched.init_noise_sigma
-        gens = [torch.Generator().manual_seed(s + 1) for s in seeds]  # for stochastic schedulers
-        for t in sched.timesteps:
-            x = torch.cat([latents] * 2) if cfg_on else latents
+        sched.set_timesteps(cfg.steps, device=b.device)
+        latents = noise * sched.init_noise_sigma
+        gens = [torch.Generator().manual_seed(s + 1) for s in seeds]  # stochastic schedulers
+        caching, deep = cfg.deep_cache_interval > 1, None
+        for i, t in enumerate(sched.timesteps):
+            guided = i < n_cfg
+            x = torch.cat([latents] * 2) if guided else latents
             x = sched.scale_model_input(x, t)
-            eps = self.backend.unet(x, t, text)
-            if cfg_on:
+            if extra is not None:
+                x = torch.cat([x, extra_cfg if guided else extra], dim=1)
+            txt = text_cfg if guided else text
+            if not caching:
+                eps = b.unet(x, t, txt)
+            elif cfg.is_full_step(i) or deep is None:
+                eps, deep = b.unet_full_with_cache(x, t, txt, cfg.deep_cache_branch)
+            else:
+                if deep.shape[0] != x.shape[0]:   # guidance ended: keep the conditional half
+                    deep = deep[-x.shape[0]:]
+                eps = b.unet_shallow(x, t, txt, deep, cfg.deep_cache_branch)
+            if guided:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + g * (eps_c - eps_u)
             latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
                                  ).prev_sample
-        if output == "latent":
-            return latents.float().cpu().numpy()
-        return self.decode(latents, output)
+            if after_step is not None:
+                latents = after_step(i, latents)
+        return latents
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor | np.ndarray, output: str = "uint8") -> np.ndarray:
@@ -185,8 +267,7 @@ class Sampler:
         ones (the VAE round trip of a real image is not exact). Same determinism contract as
         ``generate``; returns what ``generate`` returns for ``output``.
         """
-        n, g = len(prompts), self.cfg.guidance_scale
-        cfg_on = uses_cfg(g)
+        n = len(prompts)
         if not n == len(seeds) == len(images) == len(masks):
             raise ValueError("need exactly one seed, image and mask per prompt")
         h, w = self.cfg.height, self.cfg.width
@@ -203,35 +284,20 @@ class Sampler:
         m = torch.from_numpy((np.asarray(masks) >= 0.5).astype(np.float32)).unsqueeze(1)
         m_lat = torch.nn.functional.interpolate(m, size=(h // f, w // f)).to(b.device)
         text = self._embed(prompts)
-        if cfg_on:
-            text = torch.cat([self._uncond(n), text])
         sched = self.scheduler
-        sched.set_timesteps(self.cfg.steps, device=b.device)
         noise = self.initial_latents(seeds)
-        latents = noise * sched.init_noise_sigma
+        after_step = extra = None
         if in_ch == c:
-            known, extra = self.encode_images(x), None
+            known = self.encode_images(x)
+
+            def after_step(i: int, latents: torch.Tensor) -> torch.Tensor:
+                proper = known
+                if i < len(sched.timesteps) - 1:
+                    proper = sched.add_noise(known, noise, sched.timesteps[i + 1:i + 2])
+                return (1 - m_lat) * proper + m_lat * latents
         else:
             extra = torch.cat([m_lat, self.encode_images(x * (m < 0.5))], dim=1)
-            extra = torch.cat([extra] * 2) if cfg_on else extra
-        gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
-        timesteps = sched.timesteps
-        for i, t in enumerate(timesteps):
-            xin = torch.cat([latents] * 2) if cfg_on else latents
-            xin = sched.scale_model_input(xin, t)
-            if extra is not None:
-                xin = torch.cat([xin, extra], dim=1)
-            eps = b.unet(xin, t, text)
-            if cfg_on:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + g * (eps_c - eps_u)
-            latents = sched.step(eps, t, latents, generator=gens if _stochastic(sched) else None
-                                 ).prev_sample
-            if extra is None:
-                proper = known
-                if i < len(timesteps) - 1:
-                    proper = sched.add_noise(known, noise, timesteps[i + 1:i + 2])
-                latents = (1 - m_lat) * proper + m_lat * latents
+        latents = self._denoise(noise, text, seeds, extra, after_step)
         out = b.vae_decode(latents / b.scaling_factor).clamp(-1, 1).float().cpu()
         if keep_known:
             out = m * out + (1 - m) * x

@@ -33,6 +33,15 @@ class SynthConfig(JobConfig):
     steps: int = option(20, "denoising steps")
     guidance_scale: float = option(4.0, "classifier-free guidance scale", flag="--guidance")
     negative_prompt: str = option("", "negative prompt (default: none)")
+    cfg_cutoff: float = option(1.0, "CFG truncation: the fraction of the steps that run "
+                               "classifier-free guidance; later steps run the conditional branch "
+                               "alone at half the UNet batch (1 = guidance on every step)")
+    deep_cache_interval: int = option(1, "step-feature caching (DeepCache): every K-th step runs "
+                                      "the full UNet, the steps between reuse its deep features "
+                                      "and run only the shallow path (1 = off; onnx/openvino/"
+                                      "tensorrt need an export with --deep-cache)", metavar="K")
+    deep_cache_branch: int = option(1, "step-feature caching: UNet levels run on a cached step "
+                                    "(1 = the outermost only; exports hold branch 1)")
     image_size: int = option(0, "image size (default: the real dataset's)", flag="--size")
     image_format: str = option("png", "sample encoding", flag="--format",
                                choices=("png", "webp", "jpg"))

@@ -123,7 +123,7 @@ def _prepared(path: str, kind: str, prepare: Prepare | None, job: JobShape | Non
 def _load_onnx(path: str, provider: str = "auto", threads: int | None = None,
                prepare: Prepare | None = None, job: JobShape | None = None, **_) -> LoadedModel:
     from .ort_backend import OrtBackend
-    p = _prepared(path, "onnx", prepare)
+    p = _prepared(path, "onnx", prepare, job)
     b = OrtBackend(str(p), provider=provider, threads=threads, job=job)
     tok, sched = _tokenizer_and_scheduler(p)
     return LoadedModel(b, tok, sched, b.manifest.source_hash, "onnx",

@@ -2,6 +2,11 @@
 seeded example inputs at a given batch size. The ONNX exporter, the validator and the TensorRT
 profile builder all read these specs, so no caller branches on the component.
 
+Step-feature caching (``engine.diffusion.deep_cache``) adds two optional UNet graphs, exported
+with ``medfake export onnx --deep-cache``: ``unet_deep`` (the full UNet, emitting the deep feature
+as a second output ``deep_feature``) and ``unet_shallow`` (the shallow pass, taking it as a
+fourth input), both for ``DEEP_CACHE_BRANCH``.
+
 The ONNX graphs take and return float32 (fp16 exports keep float32 I/O) except ``input_ids``
 (int64). ``timestep`` is a 0-dim float32 tensor shared by the batch.
 """
@@ -16,10 +21,14 @@ from torch import nn
 from ..sd_model import SDComponents
 
 COMPONENT_NAMES = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+DEEP_CACHE_COMPONENTS = ("unet_deep", "unet_shallow")   # optional (``--deep-cache``)
+ALL_COMPONENTS = COMPONENT_NAMES + DEEP_CACHE_COMPONENTS
+UNET_COMPONENTS = ("unet", *DEEP_CACHE_COMPONENTS)       # the batch doubles under CFG
+DEEP_CACHE_BRANCH = 1   # the shallow levels the exported caching graphs run (the cheapest)
 # Inputs that stay float32 in fp16 graphs and fp16 TensorRT engines: the UNet's timestep is
 # fractional under DPM++/Euler (980.7), and fp16 has 0.5 steps above 512. diffusers builds the
 # sinusoidal embedding in float32 and casts the embedding, not the timestep.
-FP32_INPUTS = {"unet": ("timestep",)}
+FP32_INPUTS = {u: ("timestep",) for u in UNET_COMPONENTS}
 
 
 class TextEncoderGraph(nn.Module):
@@ -39,6 +48,30 @@ class UNetGraph(nn.Module):
     def forward(self, sample, timestep, encoder_hidden_states):
         return self.m(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                       return_dict=False)[0]
+
+
+class UNetDeepGraph(nn.Module):
+    """The full UNet: (noise_pred, deep_feature) (``DeepCacheUNet.full``)."""
+
+    def __init__(self, unet: nn.Module, branch: int = DEEP_CACHE_BRANCH):
+        super().__init__()
+        from ..deep_cache import DeepCacheUNet
+        self.m = DeepCacheUNet(unet, branch)
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.m.full(sample, timestep, encoder_hidden_states)
+
+
+class UNetShallowGraph(nn.Module):
+    """The shallow pass on a cached deep feature (``DeepCacheUNet.shallow``)."""
+
+    def __init__(self, unet: nn.Module, branch: int = DEEP_CACHE_BRANCH):
+        super().__init__()
+        from ..deep_cache import DeepCacheUNet
+        self.m = DeepCacheUNet(unet, branch)
+
+    def forward(self, sample, timestep, encoder_hidden_states, deep_feature):
+        return self.m.shallow(sample, timestep, encoder_hidden_states, deep_feature)
 
 
 class VaeEncoderGraph(nn.Module):
@@ -74,6 +107,7 @@ class ModelGeometry:
     unet_in_channels: int
     text_length: int
     text_dim: int
+    deep_channels: int = 0   # channels of the DeepCache feature at DEEP_CACHE_BRANCH
 
     @property
     def latent_size(self) -> int:
@@ -88,7 +122,15 @@ class ModelGeometry:
                    scaling_factor=float(vae.scaling_factor),
                    unet_in_channels=int(unet.in_channels),
                    text_length=int(comps.text_encoder.config.max_position_embeddings),
-                   text_dim=int(comps.text_encoder.config.hidden_size))
+                   text_dim=int(comps.text_encoder.config.hidden_size),
+                   deep_channels=_deep_channels(unet))
+
+
+def _deep_channels(unet_config) -> int:
+    from ..deep_cache import deep_channels
+    if len(unet_config.block_out_channels) <= DEEP_CACHE_BRANCH:
+        return 0
+    return deep_channels(unet_config, DEEP_CACHE_BRANCH)
 
 
 @dataclass(frozen=True)
@@ -100,6 +142,11 @@ class ComponentSpec:
     # input name -> {axis: symbolic name}; the output shares the batch axis
     dynamic_axes: dict
     example: Callable[[ModelGeometry, int, torch.Generator], tuple[torch.Tensor, ...]]
+    extra_outputs: tuple[str, ...] = ()   # after ``output``, sharing its batch/height/width
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output, *self.extra_outputs)
 
     def shapes(self, g: ModelGeometry, batch: int) -> dict[str, list[int]]:
         """Concrete input shapes at ``batch`` (used for TensorRT profiles and the manifest)."""
@@ -116,6 +163,11 @@ def _unet_example(g: ModelGeometry, b: int, gen: torch.Generator):
     return (torch.randn(b, g.unet_in_channels, s, s, generator=gen),
             torch.tensor(float(torch.randint(0, 1000, (1,), generator=gen))),
             torch.randn(b, g.text_length, g.text_dim, generator=gen))
+
+
+def _unet_shallow_example(g: ModelGeometry, b: int, gen: torch.Generator):
+    s = g.latent_size // 2 ** (DEEP_CACHE_BRANCH - 1)
+    return (*_unet_example(g, b, gen), torch.randn(b, g.deep_channels, s, s, generator=gen))
 
 
 def _vae_enc_example(g: ModelGeometry, b: int, gen: torch.Generator):
@@ -135,6 +187,14 @@ SPECS: dict[str, ComponentSpec] = {
     "unet": ComponentSpec("unet", lambda c: UNetGraph(c.unet),
                           ("sample", "timestep", "encoder_hidden_states"), "noise_pred",
                           {"sample": _HW, "encoder_hidden_states": _B}, _unet_example),
+    "unet_deep": ComponentSpec("unet_deep", lambda c: UNetDeepGraph(c.unet),
+                               ("sample", "timestep", "encoder_hidden_states"), "noise_pred",
+                               {"sample": _HW, "encoder_hidden_states": _B}, _unet_example,
+                               ("deep_feature",)),
+    "unet_shallow": ComponentSpec("unet_shallow", lambda c: UNetShallowGraph(c.unet),
+                                  ("sample", "timestep", "encoder_hidden_states", "deep_feature"),
+                                  "noise_pred", {"sample": _HW, "encoder_hidden_states": _B,
+                                                 "deep_feature": _HW}, _unet_shallow_example),
     "vae_encoder": ComponentSpec("vae_encoder", lambda c: VaeEncoderGraph(c.vae), ("image",),
                                  "latent_parameters", {"image": _HW}, _vae_enc_example),
     "vae_decoder": ComponentSpec("vae_decoder", lambda c: VaeDecoderGraph(c.vae), ("latent",),
@@ -149,16 +209,28 @@ Shape = tuple[int, ...]
 class JobShape:
     """What a sampling job asks of a backend: at most ``batch`` images per sampler call of
     ``height`` x ``width`` pixels; ``guidance`` (classifier-free guidance above 1) doubles the
-    UNet's batch. Engines with fixed optimisation profiles check they can serve it."""
+    UNet's batch, and with ``truncated_guidance`` (``SamplerConfig.cfg_cutoff`` < 1) the
+    UNet also runs at ``batch`` after the cutoff. Engines with fixed optimisation profiles check
+    they can serve every batch (``component_batches``). ``deep_cache``: the job runs the
+    step-feature caching graphs (an export made for it must hold them)."""
 
     batch: int
     height: int
     width: int
     guidance: bool = True
+    truncated_guidance: bool = False
+    deep_cache: bool = False   # step-feature caching: the export needs the caching graphs
 
     def component_batch(self, component: str) -> int:
         """The largest batch ``component`` sees in this job."""
-        return 2 * self.batch if component == "unet" and self.guidance else self.batch
+        return max(self.component_batches(component))
+
+    def component_batches(self, component: str) -> tuple[int, ...]:
+        """Every full-job batch ``component`` runs at (a job's tail batch may be smaller):
+        2N under guidance, and also N once guidance is truncated."""
+        if component in UNET_COMPONENTS and self.guidance:
+            return (self.batch, 2 * self.batch) if self.truncated_guidance else (2 * self.batch,)
+        return (self.batch,)
 
 
 def input_shapes(component: str, g: ModelGeometry, batch: int, height: int | None = None,
@@ -171,21 +243,26 @@ def input_shapes(component: str, g: ModelGeometry, batch: int, height: int | Non
         raise ValueError(f"image size {h}x{w} is not a multiple of the VAE factor {f}")
     if component == "text_encoder":
         return {"input_ids": (batch, g.text_length)}
-    if component == "unet":
-        return {"sample": (batch, g.unet_in_channels, h // f, w // f), "timestep": (),
-                "encoder_hidden_states": (batch, g.text_length, g.text_dim)}
+    if component in UNET_COMPONENTS:
+        shapes = {"sample": (batch, g.unet_in_channels, h // f, w // f), "timestep": (),
+                  "encoder_hidden_states": (batch, g.text_length, g.text_dim)}
+        if component == "unet_shallow":
+            d = f * 2 ** (DEEP_CACHE_BRANCH - 1)
+            shapes["deep_feature"] = (batch, g.deep_channels, h // d, w // d)
+        return shapes
     if component == "vae_encoder":
         return {"image": (batch, g.image_channels, h, w)}
     if component == "vae_decoder":
         return {"latent": (batch, g.latent_channels, h // f, w // f)}
-    raise ValueError(f"unknown component {component!r}; choose from {COMPONENT_NAMES}")
+    raise ValueError(f"unknown component {component!r}; choose from {ALL_COMPONENTS}")
 
 
 def job_input_shapes(component: str, g: ModelGeometry, job: JobShape) -> list[dict[str, Shape]]:
-    """The extreme input shapes ``component`` sees in ``job`` (batch 1 and its largest batch;
-    the text encoder also encodes the negative prompt alone)."""
+    """The input shapes ``component`` sees in ``job``, smallest batch first: batch 1 (a tail
+    batch; the text encoder also encodes the negative prompt alone) and each of its full
+    batches (``JobShape.component_batches``); the last is the largest."""
     return [input_shapes(component, g, b, job.height, job.width)
-            for b in sorted({1, job.component_batch(component)})]
+            for b in sorted({1, *job.component_batches(component)})]
 
 
 def profile_misfit(profile: dict[str, list], shapes: dict[str, Shape]) -> str | None:

@@ -67,3 +67,22 @@ class ExportManifest:
             raise ExportError(f"{out_dir} has no exported {name} (it has "
                               f"{', '.join(self.components) or 'nothing'}); re-export with it")
         return Path(out_dir) / self.components[name]["file"]
+
+    def require_deep_cache(self, out_dir: str | os.PathLike, backend: str, branch: int) -> None:
+        """``DeepCacheError`` unless this export holds the step-feature caching graphs
+        (``unet_deep``, ``unet_shallow``) for ``branch``; the message names the re-export."""
+        from ..deep_cache import DeepCacheError
+        missing = [n for n in ("unet_deep", "unet_shallow") if n not in self.components]
+        if missing:
+            how = ("`medfake export onnx --model MODEL --out DIR --deep-cache`, then rebuild the "
+                   "engines from it" if self.kind == "tensorrt" else
+                   f"`medfake export onnx --model {self.source_model} --out DIR --deep-cache`")
+            raise DeepCacheError(
+                f"{out_dir} has no step-feature caching graphs ({', '.join(missing)}), which "
+                f"--deep-cache-interval needs on the {backend} backend; re-export with {how} "
+                f"(or use --backend torch)")
+        have = int(self.components["unet_shallow"].get("deep_cache_branch", 1))
+        if have != branch:
+            raise DeepCacheError(f"{out_dir} holds caching graphs for --deep-cache-branch {have},"
+                                 f" not {branch}; use --deep-cache-branch {have} (or --backend "
+                                 f"torch)")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .components import JobShape, input_shapes, job_input_shapes
+from .components import DEEP_CACHE_COMPONENTS, JobShape, input_shapes, job_input_shapes
 from .manifest import ExportManifest
 from ...core import capabilities as cap
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
              "cpu": "CPUExecutionProvider"}
 GPU_PROVIDERS = frozenset({PROVIDERS["tensorrt"], PROVIDERS["cuda"]})
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder", *DEEP_CACHE_COMPONENTS)
 DEFAULT_JOB_BATCH = 16   # export.config.TensorRTBuildConfig.max_batch (export sits above engine)
 
 
@@ -213,7 +213,7 @@ class OrtBackend:
         if name == "text_encoder":
             b, n = shapes["input_ids"]
             return (b, n, g.text_dim)
-        if name == "unet":
+        if name in ("unet", *DEEP_CACHE_COMPONENTS):
             b, _, h, w = shapes["sample"]
             return (b, g.latent_channels, h, w)
         if name == "vae_encoder":
@@ -267,6 +267,26 @@ class OrtBackend:
         return self._run("vae_decoder", {"latent": latents.float()},
                          (b, self.geometry.image_channels, h * f, w * f))
 
+    # -- step-feature caching (the export's optional unet_deep / unet_shallow graphs) -----
+
+    def require_deep_cache(self, branch: int) -> None:
+        """``DeepCacheError`` naming the re-export command unless the export has the graphs."""
+        self.manifest.require_deep_cache(self.export_dir, self.name, branch)
+
+    def unet_full_with_cache(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                             branch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = latents.shape
+        eps, deep = _ort_run_outputs(self, "unet_deep", _unet_feeds(self, latents, t, text),
+                                     [(b, self.latent_channels, h, w),
+                                      (b, self.geometry.deep_channels, h, w)])
+        return eps, deep
+
+    def unet_shallow(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                     deep: torch.Tensor, branch: int = 1) -> torch.Tensor:
+        b, _, h, w = latents.shape
+        return self._run("unet_shallow", _unet_feeds(self, latents, t, text, deep),
+                         (b, self.latent_channels, h, w))
+
 
 def run_bound(sess, feeds: dict[str, torch.Tensor], out: torch.Tensor, out_name: str,
               device_index: int) -> torch.Tensor:
@@ -287,3 +307,32 @@ def run_bound(sess, feeds: dict[str, torch.Tensor], out: torch.Tensor, out_name:
 
 def _np_dtype(t: torch.Tensor):
     return {torch.float32: np.float32, torch.int64: np.int64, torch.float16: np.float16}[t.dtype]
+
+
+def _ort_run_outputs(backend: OrtBackend, name: str, feeds: dict[str, torch.Tensor],
+                     out_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Every output of session ``name`` (``OrtBackend._run`` returns the first only)."""
+    sess, dev = backend.sessions[name], backend.session_devices[name]
+    if dev.type == "cpu":
+        arrays = {k: v.detach().cpu().numpy() for k, v in feeds.items()}
+        return [torch.from_numpy(a).to(backend.device) for a in sess.run(None, arrays)]
+    feeds = {k: v.to(dev).contiguous() for k, v in feeds.items()}
+    outs = [torch.empty(s, dtype=torch.float32, device=dev) for s in out_shapes]
+    binding = sess.io_binding()
+    index = dev.index or 0
+    for k, v in feeds.items():
+        binding.bind_input(k, "cuda", index, _np_dtype(v), list(v.shape), v.data_ptr())
+    for o, t in zip(sess.get_outputs(), outs):
+        binding.bind_output(o.name, "cuda", index, np.float32, list(t.shape), t.data_ptr())
+    torch.cuda.current_stream(dev).synchronize()
+    sess.run_with_iobinding(binding)
+    binding.synchronize_outputs()
+    return outs
+
+
+def _unet_feeds(backend, latents, t, text, deep=None) -> dict[str, torch.Tensor]:
+    t = torch.as_tensor(t, dtype=torch.float32).reshape(()).to(backend.device)
+    feeds = {"sample": latents.float(), "timestep": t, "encoder_hidden_states": text.float()}
+    if deep is not None:
+        feeds["deep_feature"] = deep.float()
+    return feeds

@@ -70,7 +70,8 @@ class OpenVinoBackend:
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         core = ov.Core()
         self.compiled = {}
-        for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_deep",
+                     "unet_shallow"):
             if name in self.manifest.components:
                 path = self.manifest.component_path(export_dir, name)
                 self.compiled[name] = core.compile_model(str(path), "CPU", config)
@@ -91,14 +92,19 @@ class OpenVinoBackend:
         return reqs[name]
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._run_all(name, feeds)[0]
+
+    def _run_all(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Every output of ``name``, copied out of OpenVINO's buffers."""
         req = self._request(name)
         arrays = {}
         for k, v in feeds.items():   # not np.ascontiguousarray: it turns a 0-d timestep 1-d
             a = v.detach().cpu().numpy()
             arrays[k] = a if a.flags.c_contiguous else a.copy()
         req.infer(arrays)
-        out = req.get_output_tensor(0).data
-        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+        return [torch.from_numpy(np.array(req.get_output_tensor(i).data, dtype=np.float32,
+                                          copy=True))
+                for i in range(len(self.compiled[name].outputs))]
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._run("text_encoder", {"input_ids": input_ids.to(torch.int64)})
@@ -116,3 +122,23 @@ class OpenVinoBackend:
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("vae_decoder", {"latent": latents.float()})
+
+    # -- step-feature caching (the export's optional unet_deep / unet_shallow graphs) -----
+
+    def require_deep_cache(self, branch: int) -> None:
+        """``DeepCacheError`` naming the re-export command unless the export has the graphs."""
+        self.manifest.require_deep_cache(self.export_dir, self.name, branch)
+
+    def unet_full_with_cache(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                             branch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(())
+        eps, deep = self._run_all("unet_deep", {"sample": latents.float(), "timestep": t,
+                                                "encoder_hidden_states": text.float()})
+        return eps, deep
+
+    def unet_shallow(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                     deep: torch.Tensor, branch: int = 1) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(())
+        return self._run("unet_shallow", {"sample": latents.float(), "timestep": t,
+                                          "encoder_hidden_states": text.float(),
+                                          "deep_feature": deep.float()})

@@ -111,3 +111,27 @@ class TorchBackend:
     @torch.inference_mode()
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.comps.vae.decode(latents.to(self.comps.vae.dtype)).sample.float()
+
+    # -- step-feature caching (engine.diffusion.deep_cache) --------------------------------
+
+    def require_deep_cache(self, branch: int) -> None:
+        """Build (once per branch) the caching wrapper; ``DeepCacheError`` if unsupported."""
+        from ..deep_cache import DeepCacheUNet
+        caches = self.__dict__.setdefault("_deep_cache", {})
+        if branch not in caches:
+            caches[branch] = DeepCacheUNet(self.comps.unet, branch)
+
+    @torch.inference_mode()
+    def unet_full_with_cache(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                             branch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        self.require_deep_cache(branch)
+        dt = self.comps.unet.dtype
+        eps, deep = self._deep_cache[branch].full(latents.to(dt), t, text.to(dt))
+        return eps.float(), deep
+
+    @torch.inference_mode()
+    def unet_shallow(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                     deep: torch.Tensor, branch: int = 1) -> torch.Tensor:
+        self.require_deep_cache(branch)
+        dt = self.comps.unet.dtype
+        return self._deep_cache[branch].shallow(latents.to(dt), t, text.to(dt), deep).float()

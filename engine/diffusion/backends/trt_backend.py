@@ -90,10 +90,16 @@ class TrtEngine:
         return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The engine's first output."""
+        with self._on_device():
+            return self._call(feeds)[self.outputs[0]]
+
+    def call_all(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every output by name (the caching graph ``unet_deep`` has two)."""
         with self._on_device():
             return self._call(feeds)
 
-    def _call(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _call(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         trt = self._trt
         ctx = self.context
         feeds = dict(feeds)
@@ -106,23 +112,29 @@ class TrtEngine:
                     f"{self.path.name}: input {name} of shape {tuple(t.shape)} is outside the "
                     f"engine's profile {lo}..{hi}; {rebuild_hint()}")
             ctx.set_tensor_address(name, t.data_ptr())
-        out_name = self.outputs[0]
-        shape = tuple(ctx.get_tensor_shape(out_name))
-        if any(d < 0 for d in shape):
-            raise EngineShapeError(f"{self.path.name}: TensorRT could not infer the output shape "
-                                   f"{shape} from the inputs; {rebuild_hint()}")
-        dtype = {trt.float32: torch.float32, trt.float16: torch.float16}[
-            self.engine.get_tensor_dtype(out_name)]
-        out = torch.empty(shape, dtype=dtype, device=self.device)
-        ctx.set_tensor_address(out_name, out.data_ptr())
+        outs = {}
+        for out_name in self.outputs:
+            shape = tuple(ctx.get_tensor_shape(out_name))
+            if any(d < 0 for d in shape):
+                raise EngineShapeError(f"{self.path.name}: TensorRT could not infer the output "
+                                       f"shape {shape} from the inputs; {rebuild_hint()}")
+            dtype = {trt.float32: torch.float32, trt.float16: torch.float16}[
+                self.engine.get_tensor_dtype(out_name)]
+            outs[out_name] = torch.empty(shape, dtype=dtype, device=self.device)
+            ctx.set_tensor_address(out_name, outs[out_name].data_ptr())
         if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise RuntimeError(f"TensorRT execution of {self.path.name} failed (see the "
                                f"TensorRT log)")
-        return out
+        return outs
 
 
 def job_misfit(manifest: ExportManifest, job: JobShape) -> str | None:
-    """None when every engine's recorded profile serves ``job``, else why not."""
+    """None when every engine's recorded profile serves ``job`` (and a step-feature caching
+    job finds the caching engines), else why not."""
+    if job.deep_cache and not {"unet_deep", "unet_shallow"} <= set(manifest.components):
+        return ("it has no step-feature caching engines (unet_deep, unet_shallow), which "
+                "--deep-cache-interval needs: build them from `medfake export onnx ... "
+                "--deep-cache`")
     for name, entry in manifest.components.items():
         profile = entry.get("profile")
         if not profile:
@@ -180,3 +192,23 @@ class TrtBackend:
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.engines["vae_decoder"]({"latent": latents.float()}).float()
+
+    # -- step-feature caching (engines built from an export with --deep-cache) ------------
+
+    def require_deep_cache(self, branch: int) -> None:
+        """``DeepCacheError`` naming the rebuild unless the engine dir has the caching graphs."""
+        self.manifest.require_deep_cache(self.engine_dir, self.name, branch)
+
+    def _unet_feeds(self, latents, t, text) -> dict[str, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(()).to(self.device)
+        return {"sample": latents.float(), "timestep": t, "encoder_hidden_states": text.float()}
+
+    def unet_full_with_cache(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                             branch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.engines["unet_deep"].call_all(self._unet_feeds(latents, t, text))
+        return out["noise_pred"].float(), out["deep_feature"]
+
+    def unet_shallow(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                     deep: torch.Tensor, branch: int = 1) -> torch.Tensor:
+        feeds = {**self._unet_feeds(latents, t, text), "deep_feature": deep.float()}
+        return self.engines["unet_shallow"](feeds).float()
