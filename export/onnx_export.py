@@ -16,6 +16,8 @@ stored with external data (``model.onnx.data``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import logging
 import shutil
 import time
@@ -106,6 +108,7 @@ def _run_exporter(module, spec: ComponentSpec, example, opset: int, path: Path,
         # None lets the exporter decide (it externalises anything over 2 GB itself).
         big = _weight_bytes(module) > min(cfg.external_data_threshold, PROTOBUF_LIMIT - 1)
         program.save(str(path), external_data=True if big else None)
+        del program   # its graph holds references to the weights: free before validation
 
 
 def _simplify(path: Path, weight_bytes: int) -> None:
@@ -128,6 +131,8 @@ def _finalize_storage(path: Path, weight_bytes: int, threshold: int) -> bool:
     extra = [p for p in path.parent.iterdir() if p.name != path.name]
     if weight_bytes <= threshold and not extra:
         return False
+    if [p.name for p in extra] == [path.name + ".data"]:
+        return True   # already one external file: loading it would hold a second copy
     model = onnx.load(str(path), load_external_data=True)
     for p in extra:
         p.unlink()
@@ -136,19 +141,32 @@ def _finalize_storage(path: Path, weight_bytes: int, threshold: int) -> bool:
     return True
 
 
-def validate_component(module: nn.Module, spec: ComponentSpec, geom: ModelGeometry, path: Path,
-                       batches: tuple[int, ...], precision: str) -> list[dict]:
-    """Run the ONNX graph in ORT (CPU) and the PyTorch module on the same seeded inputs."""
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    atol, rtol = TOLERANCE[precision]
-    rows = []
+def reference_outputs(module: nn.Module, spec: ComponentSpec, geom: ModelGeometry,
+                      batches: tuple[int, ...]) -> list[tuple[int, tuple, np.ndarray]]:
+    """(batch, seeded inputs, PyTorch output) per batch: what ``validate_component`` compares
+    the ONNX graph with, computed first so the caller can free the module before ORT loads
+    the graph (never both copies of a 3.4 GB UNet at once)."""
+    out = []
     for b in batches:
         inputs = spec.example(geom, b, torch.Generator().manual_seed(1000 + b))
         with torch.inference_mode():
-            ref = module(*inputs).float().numpy()
+            out.append((b, inputs, module(*inputs).float().numpy()))
+    return out
+
+
+def validate_component(module: nn.Module | list, spec: ComponentSpec, geom: ModelGeometry,
+                       path: Path, batches: tuple[int, ...], precision: str) -> list[dict]:
+    """Run the ONNX graph in ORT (CPU) and the PyTorch module (or its ``reference_outputs``)
+    on the same seeded inputs."""
+    import onnxruntime as ort
+    refs = module if isinstance(module, list) else reference_outputs(module, spec, geom, batches)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False   # the validation's activations go back after each call
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    atol, rtol = TOLERANCE[precision]
+    rows = []
+    for b, inputs, ref in refs:
         got = sess.run(None, {n: t.numpy() for n, t in zip(spec.inputs, inputs)})[0]
         if got.shape != ref.shape:
             raise ExportError(f"{spec.name}: ONNX output shape {got.shape} != PyTorch {ref.shape} "
@@ -176,12 +194,13 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         settings={**asdict(cfg), "opset": cfg.resolved_opset()},
         versions={"torch": torch.__version__, "onnx": onnx.__version__, **_ort_version()})
     failures = []
-    for name in cfg.components or COMPONENT_NAMES:
+    names = list(cfg.components or COMPONENT_NAMES)
+    for i, name in enumerate(names):
         spec = SPECS[name]
         module = spec.wrap(comps).eval()
         ref_module = module
-        if cfg.precision == "fp16":
-            module = fp16_compute(spec.wrap(load_components(model_dir)).eval(), spec)
+        if cfg.precision == "fp16":   # a copy of this component only, not of the model
+            module = fp16_compute(copy.deepcopy(module).eval(), spec)
         path = out / name / "model.onnx"
         if path.parent.exists():
             shutil.rmtree(path.parent)
@@ -195,8 +214,10 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         external = _finalize_storage(path, weight_bytes, cfg.external_data_threshold)
         export_s = time.perf_counter() - t0
         with torch.no_grad():
-            rows = validate_component(ref_module, spec, geom, path, cfg.validate_batches,
-                                      cfg.precision)
+            refs = reference_outputs(ref_module, spec, geom, cfg.validate_batches)
+        del module, ref_module
+        _release_unused(comps, [SPECS[n] for n in names[i + 1:]])
+        rows = validate_component(refs, spec, geom, path, cfg.validate_batches, cfg.precision)
         atol, rtol = TOLERANCE[cfg.precision]
         manifest.components[name] = {
             "file": f"{name}/model.onnx", "opset": cfg.resolved_opset(), "inputs":
@@ -223,6 +244,19 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         shutil.copyfile(prompts, out / prompts.name)
     manifest.save(out)
     return out
+
+
+def _release_unused(comps, later: list[ComponentSpec]) -> None:
+    """Drop the PyTorch networks of ``comps`` that no ``later`` component wraps (peak memory:
+    an exported network's weights are freed before ORT loads its graph), then collect."""
+    keep = set()
+    for spec in later:
+        mods = {id(m) for m in spec.wrap(comps).modules()}
+        keep |= {k for k, v in vars(comps).items() if isinstance(v, nn.Module) and id(v) in mods}
+    for k, v in list(vars(comps).items()):
+        if isinstance(v, nn.Module) and k not in keep:
+            setattr(comps, k, None)
+    gc.collect()
 
 
 def _ort_version() -> dict[str, str]:
