@@ -14,7 +14,8 @@ streams took 1.8x the time of one stream (issue 21). So the choice is measured, 
    candidate (1 stream, all threads, the smallest batch) is always measured; after it the
    remaining time is ``budget_fraction`` of the job's predicted UNet time, at most ``budget_s``,
    and a candidate whose predicted cost (measured cost scaled linearly with the batch) does
-   not fit is skipped. A larger batch is not tried once per-image time stopped improving.
+   not fit is skipped. Larger batches are not tried once per-image time failed to improve by
+   3% twice in a row. A round's time is the fastest of its repeats (load only adds time).
 3. Cache: the round times are stored with ``engine.core.measured`` (kind ``calibration``, per
    model hash, machine and the caller's key: backend, size, guidance, threads), so a model is
    measured once per machine; a later job measures only candidates missing from the table.
@@ -137,7 +138,8 @@ def choose(table: dict[str, float], shard_sizes: list[int], threads: int,
 def measure_round(run: Callable[[int], Any], streams: int, batch: int,
                   timer: Callable[[], float] = time.perf_counter) -> float:
     """Seconds for one round: ``streams`` threads each making one ``run(batch)`` call at once.
-    One warm-up round, then rounds until ``MIN_MEASURE_S`` or ``MAX_ROUNDS``."""
+    One warm-up round, then rounds until ``MIN_MEASURE_S`` or ``MAX_ROUNDS``; the fastest
+    round counts (on a shared machine other work only ever slows a round down)."""
     def one_round() -> None:
         if streams == 1:
             run(batch)
@@ -158,13 +160,15 @@ def measure_round(run: Callable[[int], Any], streams: int, batch: int,
             raise errors[0]
 
     one_round()   # warm-up: first-call allocations and lazy initialisation
-    rounds, t0 = 0, timer()
-    while True:
+    best, start = float("inf"), timer()
+    for _ in range(MAX_ROUNDS):
+        t = timer()
         one_round()
-        rounds += 1
-        elapsed = timer() - t0
-        if elapsed >= MIN_MEASURE_S or rounds >= MAX_ROUNDS:
-            return elapsed / rounds
+        now = timer()
+        best = min(best, now - t)   # the fastest round: other load only ever adds time
+        if now - start >= MIN_MEASURE_S:
+            break
+    return best
 
 
 def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, model_hash: str,
@@ -195,6 +199,7 @@ def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, mode
             if run_threads != n_threads:
                 run, run_threads = None, None
             last: tuple[int, float] | None = None   # (batch, round s) measured in this group
+            stalls = 0
             for c in group:
                 if deadline is not None:
                     left = deadline - timer()
@@ -212,10 +217,11 @@ def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, mode
                 if deadline is None:   # the first measurement sets the budget
                     job_s = predict(c, t, shard_sizes) * steps
                     deadline = timer() + min(budget_s, budget_fraction * job_s)
-                stalled = last is not None and t / c.batch >= 0.97 * (last[1] / last[0])
+                stalls = stalls + 1 if last is not None and (
+                    t / c.batch >= 0.97 * (last[1] / last[0])) else 0
                 last = (c.batch, t)
-                if stalled:
-                    break   # per-image time stopped improving: larger batches will not help
+                if stalls >= 2:
+                    break   # per-image time stopped improving twice: larger batches won't help
     finally:
         run = None
         if measured_now:
