@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         os.environ["MEDFAKE_CACHE"] = str(work / "cache")   # a fresh calibration
         import torch
-
         from medfake.engine.data.phantoms import PhantomConfig, make_phantom_world
         from medfake.engine.diffusion.sd_model import init_model
         from medfake.pipelines.models import prepare_export

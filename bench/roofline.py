@@ -144,7 +144,8 @@ def cpu_info() -> CpuInfo:
             fields[k.strip()] = v.strip()
     tpc = 1
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
         for line in out.splitlines():
             if line.startswith("Thread(s) per core:"):
                 tpc = int(line.split(":")[1])
@@ -164,7 +165,7 @@ def _compile(info: CpuInfo) -> ctypes.CDLL | None:
     (d / "k.c").write_text(_CHAIN_C)
     arch = ["-mavx512f"] if info.lanes == 16 else ["-mavx2", "-mfma"] if info.lanes == 8 else []
     r = subprocess.run([cc, "-O2", "-shared", "-fPIC", *arch, "-o", str(d / "k.so"),
-                        str(d / "k.c")], capture_output=True, text=True)
+                        str(d / "k.c")], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         return None
     lib = ctypes.CDLL(str(d / "k.so"))
@@ -241,7 +242,7 @@ def sgemm(threads: int, sizes=(256, 512, 1024, 2048)) -> list[dict]:
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         flop = 2 * n ** 3
-        t_torch = _best(lambda: torch.mm(a, b), 3 if n >= 2048 else 5)[0]
+        t_torch = _best(lambda a=a, b=b: torch.mm(a, b), 3 if n >= 2048 else 5)[0]
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["A", "B"], ["C"])], "mm",
             [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n]),
@@ -253,7 +254,7 @@ def sgemm(threads: int, sizes=(256, 512, 1024, 2048)) -> list[dict]:
         sess = ort.InferenceSession(model.SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
         feeds = {"A": a.numpy(), "B": b.numpy()}
-        t_ort = _best(lambda: sess.run(None, feeds), 3 if n >= 2048 else 5)[0]
+        t_ort = _best(lambda s=sess, f=feeds: s.run(None, f), 3 if n >= 2048 else 5)[0]
         assert np.allclose(sess.run(None, feeds)[0][:2, :2], (a @ b).numpy()[:2, :2], atol=1e-2)
         rows.append({"n": n, "torch": flop / t_torch / 1e9, "ort": flop / t_ort / 1e9})
     return rows
@@ -262,9 +263,8 @@ def sgemm(threads: int, sizes=(256, 512, 1024, 2048)) -> list[dict]:
 def unet_flops(unet, x, t, e) -> float:
     """FLOPs of one UNet call as FlopCounterMode counts them (module doc), math attention."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from medfake.kernels.attention import apply_attention
+    from torch.utils.flop_counter import FlopCounterMode
     apply_attention(unet, "math")
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         unet(x, t, encoder_hidden_states=e)
@@ -280,7 +280,6 @@ def unet_rows(preset: str, unet_batch: int, threads: int, work: Path, repeat: in
 
     import onnxruntime as ort
     import torch
-
     from medfake.engine.diffusion.backends.manifest import ExportManifest
     from medfake.engine.diffusion.backends.ort_backend import session_options
     from medfake.engine.diffusion.sd_model import init_model, load_components
@@ -307,7 +306,7 @@ def unet_rows(preset: str, unet_batch: int, threads: int, work: Path, repeat: in
         return unet(x, tt, encoder_hidden_states=e).sample
 
     rows = [{"what": "torch eager (SDPA)", "s": _best(run_torch, repeat), "flop": flop}]
-    del comps, unet
+    comps = unet = None   # free the torch weights before ORT loads the graph
     export = work / f"{preset}-onnx"
     if not (export / "unet").is_dir():
         export_onnx(str(model), str(export), OnnxExportConfig(components=("unet",)))
@@ -316,7 +315,7 @@ def unet_rows(preset: str, unet_batch: int, threads: int, work: Path, repeat: in
     sess = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
     rows.append({"what": f"ONNX Runtime, 1 session x {threads} threads",
                  "s": _best(lambda: sess.run(None, feeds), repeat), "flop": flop})
-    del sess
+    sess = None
     if threads > 1:
         one = ort.InferenceSession(path, session_options(1), providers=["CPUExecutionProvider"])
         with ThreadPoolExecutor(threads) as pool:
@@ -362,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [("tiny", 2, "tiny (32 px), UNet batch 2 (1 image + CFG), 8x8 latents"),
              ("tiny", 16, "tiny (32 px), UNet batch 16, 8x8 latents")]
     if a.sd15:
-        cases.append(("sd15", 2, "SD 1.5 (512 px), UNet batch 2 (1 image + CFG), 64x64 "
-                      "latents"))
+        cases.append(("sd15", 2, ("SD 1.5 (512 px), UNet batch 2 (1 image + CFG), 64x64 "
+                                   "latents")))
     over = False
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp)
