@@ -361,6 +361,8 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
     curator = build_curator(curation, real.class_names, real.prompt_templates, index)
     gen = BatchGenerator(samplers[0], mode, size, cfg.seed, index)
     result.load_seconds, result.streams = time.perf_counter() - t, len(samplers)
+    from ..engine.diffusion.backends import memory
+    peak_counted = sampler is None and memory.reset_peak()   # the model is loaded: from here
     base = {"source": "synthetic", "generator": "diffusion", "model_hash": plan.params["model_hash"],
             "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
             "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "backend": cfg.backend,
@@ -403,6 +405,10 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
             bar.update(len(batch))
     result.seconds = time.perf_counter() - t
     result.backend_seconds = gen.backend_s
+    peak = memory.peak_since_reset() if peak_counted else None
+    if peak:   # what the automatic backend choice reads next time (backends.memory)
+        memory.record_peak(cfg.backend, plan.params["model_hash"], synth_job_shape(cfg, size),
+                           len(samplers), peak)
     result.pool = pool.stats
     bar.close()
 

@@ -178,6 +178,9 @@ def test_cli_export_doctor_and_synth_on_onnx(tiny, exported, small_world, tmp_pa
     assert plan["backend"] == "onnx"
     # streams and batch left automatic: measured on the model, and the log says so
     assert "calibrated:" in caplog.text and "batch" in caplog.text
+    # the job's measured peak is recorded for the automatic backend choice
+    from medfake.engine.core.paths import cache_dir
+    assert list(cache_dir("measured", "peak_rss").glob("*.json"))
 
 
 def test_component_specs_cover_the_geometry():

@@ -153,7 +153,24 @@ def load_peak(backend: str, model_hash: str, job: JobShape, streams: int) -> int
     return int(got["peak_bytes"]) if got and "peak_bytes" in got else None
 
 
-def process_peak_bytes() -> int:
-    """This process's peak resident set so far (``ru_maxrss``)."""
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def reset_peak() -> bool:
+    """Restart this process's peak-RSS count (Linux: ``/proc/self/clear_refs``); False where
+    it cannot be (then ``peak_since_reset`` would include earlier work: do not record it)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_since_reset() -> int | None:
+    """This process's peak resident bytes since ``reset_peak`` (``VmHWM``), None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
