@@ -11,8 +11,9 @@ streams took 1.8x the time of one stream (issue 21). So the choice is measured, 
    by the streams -- the way the job runs it.
 2. Measurement (``calibrate``): per thread count one UNet built by ``make_unet(threads)``,
    one warm-up round, then rounds until ``MIN_MEASURE_S`` or ``MAX_ROUNDS``. Bounded: the first
-   candidate (1 stream, all threads, the smallest batch) is always measured; after it the
-   remaining time is ``budget_fraction`` of the job's predicted UNet time, at most ``budget_s``,
+   candidate (1 stream, all threads, the smallest batch) is always measured; in all,
+   calibration takes ``budget_fraction`` of the job's predicted UNet time, at least
+   ``min_budget_s`` (cheap settings of a small model are all measured) and at most ``budget_s``,
    and a candidate whose predicted cost (measured cost scaled linearly with the batch) does
    not fit is skipped. Larger batches are not tried once per-image time failed to improve by
    3% twice in a row. A round's time is the fastest of its repeats (load only adds time).
@@ -44,9 +45,10 @@ from .streams import MAX_AUTO_STREAMS
 log = logging.getLogger(__name__)
 
 BATCHES = (1, 2, 4, 8, 16)
-MIN_MEASURE_S = 0.3      # timed rounds per candidate last at least this long ...
+MIN_MEASURE_S = 0.2      # timed rounds per candidate last at least this long ...
 MAX_ROUNDS = 8           # ... or this many rounds
 KIND = "calibration"
+MIN_BUDGET_S = 3.0       # a small job may still spend this much (once per model and machine)
 
 # make_unet(threads) -> run(batch): one UNet call at ``batch`` images on a model whose kernels
 # use ``threads`` intra-op threads; ``run`` must be safe to call from several threads at once.
@@ -173,6 +175,7 @@ def measure_round(run: Callable[[int], Any], streams: int, batch: int,
 
 def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, model_hash: str,
               key: dict[str, Any], *, budget_s: float = 120.0, budget_fraction: float = 0.1,
+              min_budget_s: float = MIN_BUDGET_S,
               steps: int = 20, timer: Callable[[], float] = time.perf_counter,
               max_streams: int = MAX_AUTO_STREAMS, batch: int | None = None,
               streams: int | None = None) -> Choice:
@@ -188,7 +191,8 @@ def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, mode
     start, deadline, measured_now = timer(), None, 0
     known = choose(table, shard_sizes, threads, max_streams, batch, streams)
     if known is not None:   # a partly cached table sets the budget before anything runs
-        deadline = start + min(budget_s, budget_fraction * known.predicted_s * steps)
+        deadline = start + _budget(budget_s, budget_fraction * known.predicted_s * steps,
+                                   min_budget_s)
     groups: dict[tuple[int, int], list[Setting]] = {}
     for c in todo:
         groups.setdefault((c.threads, c.streams), []).append(c)
@@ -216,7 +220,7 @@ def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, mode
                 measured_now += 1
                 if deadline is None:   # the first measurement sets the budget
                     job_s = predict(c, t, shard_sizes) * steps
-                    deadline = timer() + min(budget_s, budget_fraction * job_s)
+                    deadline = start + _budget(budget_s, budget_fraction * job_s, min_budget_s)
                 stalls = stalls + 1 if last is not None and (
                     t / c.batch >= 0.97 * (last[1] / last[0])) else 0
                 last = (c.batch, t)
@@ -233,6 +237,11 @@ def calibrate(make_unet: UnetFactory, shard_sizes: list[int], threads: int, mode
               + (f", {cached} cached" if cached else "")) if measured_now else (
         f"{cached} setting(s) cached for this model and machine")
     return Choice(choice.setting, choice.predicted_s, f"{choice.why}; {source}")
+
+
+def _budget(cap: float, share: float, floor: float) -> float:
+    """Seconds calibration may take: the job's share, at least ``floor``, at most ``cap``."""
+    return min(cap, max(share, floor))
 
 
 def _nearest(table: dict[str, float], c: Setting) -> tuple[int, float] | None:
