@@ -127,17 +127,45 @@ def _simplify(path: Path, weight_bytes: int) -> None:
 
 
 def _finalize_storage(path: Path, weight_bytes: int, threshold: int) -> bool:
-    """Consolidate weights into one external file when over ``threshold``; return whether."""
+    """Consolidate weights into one external file when over ``threshold``; return whether.
+
+    Streamed: the graph is loaded without its weights and each tensor's bytes are copied into
+    ``model.onnx.data`` one at a time, so the process never holds the model's weights a second
+    time (the torchscript exporter writes a 3.4 GB UNet as hundreds of per-tensor files)."""
     extra = [p for p in path.parent.iterdir() if p.name != path.name]
     if weight_bytes <= threshold and not extra:
         return False
-    if [p.name for p in extra] == [path.name + ".data"]:
-        return True   # already one external file: loading it would hold a second copy
-    model = onnx.load(str(path), load_external_data=True)
+    data_name = path.name + ".data"
+    if [p.name for p in extra] == [data_name]:
+        return True   # already one external file
+    from onnx.external_data_helper import _get_all_tensors
+    model = onnx.load(str(path), load_external_data=False)
+    tmp = path.parent / (data_name + ".part")
+    with open(tmp, "wb") as out:
+        for t in _get_all_tensors(model):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                with open(path.parent / info["location"], "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    blob = f.read(int(info["length"])) if "length" in info else f.read()
+            elif t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                blob = t.raw_data
+            else:
+                continue
+            pad = -out.tell() % 4096   # page-aligned, as onnx's own writer does
+            out.write(b"\0" * pad)
+            offset = out.tell()
+            out.write(blob)
+            t.ClearField("raw_data")
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", offset), ("length", len(blob))):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, str(v)
+            t.data_location = onnx.TensorProto.EXTERNAL
     for p in extra:
         p.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    tmp.rename(path.parent / data_name)
+    onnx.save_model(model, str(path))
     return True
 
 
