@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model", help="an existing diffusers dir or ONNX export of the preset's "
+                    "size to use instead of building one (skips the export)")
     a = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         preset, size = SIZES[a.size]
         _, hospital = make_phantom_world(work / "world", PhantomConfig(
             n_public_per_class=1, n_train_per_class=2, n_val_per_class=1, n_test_per_class=1))
-        model = init_model(preset, work / preset, seed=0)
+        model = Path(a.model) if a.model else init_model(preset, work / preset, seed=0)
         t = time.perf_counter()
         prepare_export(str(model), "onnx")   # untimed: the export is cached by the job
         export_s = time.perf_counter() - t
