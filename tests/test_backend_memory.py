@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from torch import nn
-
 from medfake.engine.diffusion.backends import memory
 from medfake.engine.diffusion.backends.components import SPECS, JobShape
 from medfake.engine.diffusion.sd_model import SDComponents
+from torch import nn
 
 
 @pytest.fixture
@@ -86,9 +85,8 @@ def test_one_external_file_is_not_loaded_again(tmp_path, monkeypatch):
 def test_per_tensor_files_are_consolidated_without_loading_the_weights(tmp_path, monkeypatch):
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
     from medfake.export import onnx_export
+    from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     w1, w2 = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
     graph = helper.make_graph(

@@ -103,7 +103,7 @@ def _unet_activation_bytes(cfg: dict, batch: int, h: int, w: int, materialised_a
 
 
 def _vae_decode_bytes(cfg: dict, batch: int, height: int, width: int, h: int, w: int) -> int:
-    top = int(list(cfg.get("block_out_channels", (128, 256, 512, 512)))[0])
+    top = int(next(iter(cfg.get("block_out_channels", (128, 256, 512, 512)))))
     return FP32 * batch * (VAE_WORKING * top * height * width + 2 * (h * w) ** 2)
 
 
