@@ -4,7 +4,7 @@ Every suite puts one ``baseline`` and one or more ``candidate`` benchmarks in a 
 group; they run in the same process, one after the other, so each ratio (candidate rate /
 baseline rate, rates = ``extra_info["per_round"]`` units per median round) is measured side by
 side on the same noisy machine. Units are images for throughput rows and GFLOP for the
-efficiency row, whose baseline is the fp32 matmul peak.
+efficiency row, whose baseline is the fp32 FMA roof (``bench/roofline.py``).
 
 ``RESULTS.md`` is a log: each run adds a section headed by its date and machine at the top, and
 every row carries the date it was measured. Earlier sections (and the rows other scripts add by

@@ -18,6 +18,8 @@ stored with external data (``model.onnx.data``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import logging
 import shutil
 import time
@@ -112,6 +114,7 @@ def _run_exporter(module, spec: ComponentSpec, example, opset: int, path: Path,
         # None lets the exporter decide (it externalises anything over 2 GB itself).
         big = _weight_bytes(module) > min(cfg.external_data_threshold, PROTOBUF_LIMIT - 1)
         program.save(str(path), external_data=True if big else None)
+        del program   # its graph holds references to the weights: free before validation
 
 
 def _simplify(path: Path, weight_bytes: int) -> None:
@@ -130,34 +133,78 @@ def _simplify(path: Path, weight_bytes: int) -> None:
 
 
 def _finalize_storage(path: Path, weight_bytes: int, threshold: int) -> bool:
-    """Consolidate weights into one external file when over ``threshold``; return whether."""
+    """Consolidate weights into one external file when over ``threshold``; return whether.
+
+    Streamed: the graph is loaded without its weights and each tensor's bytes are copied into
+    ``model.onnx.data`` one at a time, so the process never holds the model's weights a second
+    time (the torchscript exporter writes a 3.4 GB UNet as hundreds of per-tensor files)."""
     extra = [p for p in path.parent.iterdir() if p.name != path.name]
     if weight_bytes <= threshold and not extra:
         return False
-    model = onnx.load(str(path), load_external_data=True)
+    data_name = path.name + ".data"
+    if [p.name for p in extra] == [data_name]:
+        return True   # already one external file
+    from onnx.external_data_helper import _get_all_tensors
+    model = onnx.load(str(path), load_external_data=False)
+    tmp = path.parent / (data_name + ".part")
+    with open(tmp, "wb") as out:
+        for t in _get_all_tensors(model):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                with open(path.parent / info["location"], "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    blob = f.read(int(info["length"])) if "length" in info else f.read()
+            elif t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                blob = t.raw_data
+            else:
+                continue
+            pad = -out.tell() % 4096   # page-aligned, as onnx's own writer does
+            out.write(b"\0" * pad)
+            offset = out.tell()
+            out.write(blob)
+            t.ClearField("raw_data")
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", offset), ("length", len(blob))):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, str(v)
+            t.data_location = onnx.TensorProto.EXTERNAL
     for p in extra:
         p.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    tmp.rename(path.parent / data_name)
+    onnx.save_model(model, str(path))
     return True
 
 
-def validate_component(module: nn.Module, spec: ComponentSpec, geom: ModelGeometry, path: Path,
-                       batches: tuple[int, ...], precision: str) -> list[dict]:
-    """Run the ONNX graph in ORT (CPU) and the PyTorch module on the same seeded inputs."""
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    atol, rtol = TOLERANCE[precision]
-    rows = []
+def reference_outputs(module: nn.Module, spec: ComponentSpec, geom: ModelGeometry,
+                      batches: tuple[int, ...]) -> list[tuple[int, tuple, np.ndarray]]:
+    """(batch, seeded inputs, PyTorch output) per batch: what ``validate_component`` compares
+    the ONNX graph with, computed first so the caller can free the module before ORT loads
+    the graph (never both copies of a 3.4 GB UNet at once)."""
+    out = []
     for b in batches:
         inputs = spec.example(geom, b, torch.Generator().manual_seed(1000 + b))
         with torch.inference_mode():
             refs = module(*inputs)
-        refs = [r.float().numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+        out.append((b, inputs, [r.float().numpy()
+                                for r in (refs if isinstance(refs, tuple) else (refs,))]))
+    return out
+
+
+def validate_component(module: nn.Module | list, spec: ComponentSpec, geom: ModelGeometry,
+                       path: Path, batches: tuple[int, ...], precision: str) -> list[dict]:
+    """Run the ONNX graph in ORT (CPU) and the PyTorch module (or its ``reference_outputs``)
+    on the same seeded inputs; every output of the graph is compared."""
+    import onnxruntime as ort
+    refs = module if isinstance(module, list) else reference_outputs(module, spec, geom, batches)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False   # the validation's activations go back after each call
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    atol, rtol = TOLERANCE[precision]
+    rows = []
+    for b, inputs, ref_outs in refs:
         gots = sess.run(None, {n: t.numpy() for n, t in zip(spec.inputs, inputs)})
-        for out_name, ref, got in zip(spec.outputs, refs, gots):
+        for out_name, ref, got in zip(spec.outputs, ref_outs, gots):
             if got.shape != ref.shape:
                 raise ExportError(f"{spec.name}: ONNX output {out_name} shape {got.shape} != "
                                   f"PyTorch {ref.shape} at batch {b}")
@@ -188,12 +235,12 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
     failures = []
     names = list(cfg.components or COMPONENT_NAMES)
     names += [n for n in DEEP_CACHE_COMPONENTS if cfg.deep_cache and n not in names]
-    for name in names:
+    for i, name in enumerate(names):
         spec = SPECS[name]
         module = spec.wrap(comps).eval()
         ref_module = module
-        if cfg.precision == "fp16":
-            module = fp16_compute(spec.wrap(load_components(model_dir)).eval(), spec)
+        if cfg.precision == "fp16":   # a copy of this component only, not of the model
+            module = fp16_compute(copy.deepcopy(module).eval(), spec)
         path = out / name / "model.onnx"
         if path.parent.exists():
             shutil.rmtree(path.parent)
@@ -207,8 +254,10 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         external = _finalize_storage(path, weight_bytes, cfg.external_data_threshold)
         export_s = time.perf_counter() - t0
         with torch.no_grad():
-            rows = validate_component(ref_module, spec, geom, path, cfg.validate_batches,
-                                      cfg.precision)
+            refs = reference_outputs(ref_module, spec, geom, cfg.validate_batches)
+        del module, ref_module
+        _release_unused(comps, [SPECS[n] for n in names[i + 1:]])
+        rows = validate_component(refs, spec, geom, path, cfg.validate_batches, cfg.precision)
         atol, rtol = TOLERANCE[cfg.precision]
         manifest.components[name] = {
             "file": f"{name}/model.onnx", "opset": cfg.resolved_opset(), "inputs":
@@ -238,6 +287,19 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         shutil.copyfile(prompts, out / prompts.name)
     manifest.save(out)
     return out
+
+
+def _release_unused(comps, later: list[ComponentSpec]) -> None:
+    """Drop the PyTorch networks of ``comps`` that no ``later`` component wraps (peak memory:
+    an exported network's weights are freed before ORT loads its graph), then collect."""
+    keep = set()
+    for spec in later:
+        mods = {id(m) for m in spec.wrap(comps).modules()}
+        keep |= {k for k, v in vars(comps).items() if isinstance(v, nn.Module) and id(v) in mods}
+    for k, v in list(vars(comps).items()):
+        if isinstance(v, nn.Module) and k not in keep:
+            setattr(comps, k, None)
+    gc.collect()
 
 
 def _ort_version() -> dict[str, str]:

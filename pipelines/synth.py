@@ -57,6 +57,7 @@ __all__ = ["SynthConfig", "SynthResult", "synthesize", "run_job", "synth_status"
 
 PROMPTS_FILE = "medfake_prompts.json"  # model-dir prompt templates (written by DreamBooth)
 DEFAULT_PER_REAL = 10                  # the ratio where the skin study's gains saturate
+DEFAULT_BATCH_SIZE = 16                # images per call where the batch is not measured
 
 
 def model_prompts(model_dir: str) -> dict:
@@ -166,7 +167,7 @@ def _job_params(cfg: SynthConfig, real: DatasetInfo, size: int, mode: ModeConfig
     """Everything that changes the job's images: its identity in ``synth_plan.json``."""
     if cfg.image_format not in IMAGE_EXTS:
         raise ValueError(f"--format {cfg.image_format!r}: choose one of {', '.join(IMAGE_EXTS)}")
-    if cfg.samples_per_shard < 1 or cfg.batch_size < 1 or cfg.steps < 1:
+    if cfg.samples_per_shard < 1 or (cfg.batch_size or 1) < 1 or cfg.steps < 1:
         raise ValueError("--samples-per-shard, --batch-size and --steps must be >= 1")
     from ..engine.diffusion.sampler import SCHEDULERS
     if cfg.scheduler not in SCHEDULERS:
@@ -214,23 +215,67 @@ def sampler_config(cfg: SynthConfig, size: int):
 # ----------------------------------------------------------------------------- running
 
 def synth_job_shape(cfg: SynthConfig, size: int):
-    """What the job asks of a backend: ``--batch-size`` images of ``size`` px per call, the
-    UNet's batch doubled under classifier-free guidance (and also undoubled after the
-    ``--cfg-cutoff``)."""
+    """What the job asks of a backend: ``--batch-size`` images of ``size`` px per call (at most
+    ``DEFAULT_BATCH_SIZE`` while automatic), the UNet's batch doubled under classifier-free
+    guidance (and also undoubled after the ``--cfg-cutoff``)."""
     from ..engine.diffusion.backends.components import JobShape
     from ..engine.diffusion.sampler import uses_cfg
     s = sampler_config(cfg, size)
-    return JobShape(cfg.batch_size, size, size, uses_cfg(cfg.guidance_scale),
+    return JobShape(cfg.batch_size or DEFAULT_BATCH_SIZE, size, size,
+                    uses_cfg(cfg.guidance_scale),
                     truncated_guidance=s.cfg_steps() < s.steps,
                     deep_cache=s.deep_cache_interval > 1)
 
 
-def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> list:
+def _calibrates(cfg: SynthConfig) -> bool:
+    """Automatic streams or batch on ONNX Runtime on a CPU, with a measuring budget."""
+    from ..engine.core import capabilities as cap
+    return (cfg.backend == "onnx" and (cfg.streams is None or cfg.batch_size is None)
+            and cfg.calibration_budget > 0 and not cap.cuda().available)
+
+
+def resolve_settings(cfg: SynthConfig, size: int, shard_sizes: list[int], model_hash: str
+                     ) -> tuple[SynthConfig, str | None]:
+    """``cfg`` with ``batch_size`` (and, when calibrated, ``streams`` and ``threads``) filled
+    in for a job whose shards to do hold ``shard_sizes`` samples, and why (None: nothing
+    was automatic or the rule applies: ``load_samplers`` says why).
+
+    ONNX Runtime on a CPU with ``--streams`` or ``--batch-size`` left automatic: a short
+    measurement on the job's model, size and guidance (``engine.diffusion.calibrate``, cached
+    per model hash, machine and backend); elsewhere batch ``DEFAULT_BATCH_SIZE``."""
+    from dataclasses import replace
+    if not _calibrates(cfg):
+        return replace(cfg, batch_size=cfg.batch_size or DEFAULT_BATCH_SIZE), None
+    import torch
+    from filelock import FileLock
+
+    from ..engine.core.paths import cache_dir
+    from ..engine.diffusion.backends.ort_backend import unet_probe
+    from ..engine.diffusion.calibrate import calibrate
+    from ..engine.diffusion.sampler import uses_cfg
+    from .models import prepare_export
+    threads = cfg.threads or torch.get_num_threads()
+    with FileLock(str(cache_dir("locks") / "export.lock")):
+        export_dir = prepare_export(cfg.model_dir, "onnx")
+    guidance = uses_cfg(cfg.guidance_scale)
+    choice = calibrate(lambda t: unet_probe(export_dir, t, size, size, guidance), shard_sizes,
+                       threads, model_hash,
+                       {"backend": "onnx", "provider": "cpu", "size": size, "guidance": guidance},
+                       budget_s=cfg.calibration_budget, steps=cfg.steps,
+                       batch=cfg.batch_size, streams=cfg.streams)
+    st = choice.setting
+    return replace(cfg, batch_size=st.batch, streams=st.streams,
+                   threads=st.streams * st.threads), choice.why
+
+
+def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None,
+                  why: str | None = None) -> list:
     """Load the model on the backend once and return one sampler per stream (see
     ``engine.sampler_streams``); the streams share ``cfg.threads`` between them, and without
     ``--streams`` there are never more streams than the job's ``n_batches``. Exports into
     the shared cache are serialised between the ranks of one host (a file lock), so they never
-    race on the same export."""
+    race on the same export. ``why``: the reason for the settings to log (``resolve_settings``'s
+    calibration), else the stream rule's."""
     import torch
     from filelock import FileLock
 
@@ -251,11 +296,12 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None) -> 
         with FileLock(str(cache_dir("locks") / "export.lock")):
             model = load_model(cfg.model_dir, cfg.backend, job=job, **opts)
     scfg = sampler_config(cfg, size)
-    why = "as asked (--streams)" if cfg.streams else (
+    why = why or ("as asked (--streams)" if cfg.streams else (
         f"automatic: one per thread, capped by the job's {n_batches} batch(es)"
-        if n_batches is not None and streams == n_batches and streams < threads else "automatic")
-    log.info("%s backend: %d stream(s) x %d thread(s) (%s)", cfg.backend, streams, per_stream,
-             why)
+        if n_batches is not None and streams == n_batches and streams < threads else
+        "automatic"))
+    log.info("%s backend: %d stream(s) x %d thread(s), batch %s (%s)", cfg.backend, streams,
+             per_stream, cfg.batch_size or DEFAULT_BATCH_SIZE, why)
     return [model.sampler(scfg) for _ in range(streams)]
 
 
@@ -277,7 +323,7 @@ def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...], measure: bool 
     from ..engine.diffusion.backends import choose_auto
     from ..engine.diffusion.backends.select import candidates, worth_measuring
     from .models import prepare_export
-    unet_calls = -(-sum(counts) // cfg.batch_size) * cfg.steps
+    unet_calls = -(-sum(counts) // (cfg.batch_size or DEFAULT_BATCH_SIZE)) * cfg.steps
     allow = measure and not cap.cuda().available and worth_measuring(
         unet_calls, len(candidates(cfg.precision)[0]))
     with FileLock(str(cache_dir("locks") / "export.lock")):
@@ -368,12 +414,20 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
     out = Path(cfg.out_dir)
     t = time.perf_counter()
     index = RealIndex(cfg.real_dataset) if mode.conditioned or curation.memorization else None
-    n_batches = sum(-(-plan.shard_size(i) // cfg.batch_size) for i in todo)
-    samplers = sampler or load_samplers(cfg, size, n_batches)
+    shard_sizes = [plan.shard_size(i) for i in todo]
+    if sampler is None:
+        cfg, why = resolve_settings(cfg, size, shard_sizes, plan.params["model_hash"])
+    else:   # already loaded: streams and threads are the caller's
+        from dataclasses import replace
+        cfg, why = replace(cfg, batch_size=cfg.batch_size or DEFAULT_BATCH_SIZE), None
+    n_batches = sum(-(-n // cfg.batch_size) for n in shard_sizes)
+    samplers = sampler or load_samplers(cfg, size, n_batches, why=why)
     samplers = samplers if isinstance(samplers, list) else [samplers]
     curator = build_curator(curation, real.class_names, real.prompt_templates, index)
     gen = BatchGenerator(samplers[0], mode, size, cfg.seed, index)
     result.load_seconds, result.streams = time.perf_counter() - t, len(samplers)
+    from ..engine.diffusion.backends import memory
+    peak_counted = sampler is None and memory.reset_peak()   # the model is loaded: from here
     base = {"source": "synthetic", "generator": "diffusion", "model_hash": plan.params["model_hash"],
             "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
             "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, **_sampler_options(cfg),
@@ -417,6 +471,10 @@ def _generate(cfg: SynthConfig, plan: SynthPlan, todo: list[int], real: DatasetI
             bar.update(len(batch))
     result.seconds = time.perf_counter() - t
     result.backend_seconds = gen.backend_s
+    peak = memory.peak_since_reset() if peak_counted else None
+    if peak:   # what the automatic backend choice reads next time (backends.memory)
+        memory.record_peak(cfg.backend, plan.params["model_hash"], synth_job_shape(cfg, size),
+                           len(samplers), peak)
     result.pool = pool.stats
     bar.close()
 

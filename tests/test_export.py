@@ -190,7 +190,8 @@ def test_gpu_backends_and_providers_fail_clearly_without_gpu(exported, monkeypat
         resolve_attention("xformers", "cpu")
 
 
-def test_cli_export_doctor_and_synth_on_onnx(tiny, exported, small_world, tmp_path, capsys):
+def test_cli_export_doctor_and_synth_on_onnx(tiny, exported, small_world, tmp_path, capsys,
+                                             caplog):
     main(["doctor"])
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "synthesis (--backend auto)" in out
@@ -208,6 +209,11 @@ def test_cli_export_doctor_and_synth_on_onnx(tiny, exported, small_world, tmp_pa
     assert {m["model_hash"] for m in syn.metas} == {model_hash(tiny)}
     plan = json.loads((tmp_path / "syn" / "synth_plan.json").read_text())
     assert plan["backend"] == "onnx"
+    # streams and batch left automatic: measured on the model, and the log says so
+    assert "calibrated:" in caplog.text and "batch" in caplog.text
+    # the job's measured peak is recorded for the automatic backend choice
+    from medfake.engine.core.paths import cache_dir
+    assert list(cache_dir("measured", "peak_rss").glob("*.json"))
 
 
 def test_component_specs_cover_the_geometry():

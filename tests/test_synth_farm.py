@@ -227,9 +227,9 @@ def test_job_passes_its_batch_count_to_the_stream_choice(model_dir, small_world,
     seen = []
     real_load = synth_mod.load_samplers
 
-    def spy(cfg, size, n_batches=None):
+    def spy(cfg, size, n_batches=None, **kw):
         seen.append(n_batches)
-        return real_load(cfg, size, n_batches)
+        return real_load(cfg, size, n_batches, **kw)
 
     monkeypatch.setattr(synth_mod, "load_samplers", spy)
     _, hospital = small_world

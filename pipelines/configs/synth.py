@@ -76,7 +76,9 @@ class SynthConfig(JobConfig):
         None, "drop samples closer than --memorization-threshold to a real train image",
         choices=("pixel", "clip"))
     memorization_threshold: float = option(0.05, "memorization guard distance")
-    batch_size: int = option(16, "images per backend call")
+    batch_size: int | None = option(
+        None, "images per backend call (default: measured with --streams/--threads for ONNX "
+        "Runtime on a CPU, see --calibration-budget; else 16)")
     extend: bool = option(False, "add samples to an existing job (same parameters) as new shards")
     rank: int | None = option(None, "this process's rank (default: torchrun RANK, srun "
                               "SLURM_PROCID or SLURM_ARRAY_TASK_ID)")
@@ -85,7 +87,13 @@ class SynthConfig(JobConfig):
     max_pending: int = option(4, "batches waiting for the writer before the backend waits")
     threads: int | None = option(None, "backend threads in all (default: torch's)")
     streams: int | None = option(None, "concurrent denoising streams sharing the threads "
-                                 "(default: one per thread for ONNX Runtime on a CPU, else 1)")
+                                 "(default: measured for ONNX Runtime on a CPU, never more than "
+                                 "the job's batches; else 1)")
+    calibration_budget: float = option(
+        120.0, "ONNX Runtime on a CPU with automatic --streams or --batch-size: at most this "
+        "many seconds (and a tenth of the job's predicted time) measuring streams x threads x "
+        "batch, once per model, size and machine (cached); 0: no measurement, one stream per "
+        "thread and batch 16")
 
     def mode_config(self):
         from ...engine.diffusion.inpainting import MaskSpec, OutpaintSpec
