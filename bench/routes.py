@@ -5,6 +5,7 @@ Usage (from the repo root; one (world, k) per call, resumable; see bench/RESULTS
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/routes.py --world near --k 5 \
         [--seeds 0 1 2 3 4] [--routes txt2img inpaint ...] [--per-class 100] [--work runs/routes]
     .venv/bin/python bench/routes.py --report [--work runs/routes]   # verdict over all runs
+        # (writes report.md and results.json: every tested row and val choice)
 
 The question each row answers: with k real images per class of the target (hospital) task,
 does adding ``--per-class`` images per class from route R train a better small CNN on the real
@@ -340,6 +341,9 @@ def main() -> None:
     if a.report:
         text = report(a.work)
         (a.work / "report.md").write_text(text)
+        cells = {f"{c.parent.name}/{c.name}": dict(zip(("test", "choice"), load_cell(c)))
+                 for c in sorted(a.work.glob("*/k*"))}
+        (a.work / "results.json").write_text(json.dumps(cells, indent=1))
         print(text)
         return
     torch.set_num_threads(1)

@@ -89,18 +89,9 @@ def seed_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
 
 def default_world() -> tuple[Path, Path]:
     """The default phantom world (public, hospital), cached where ``medfake run`` caches it."""
-    import json
-    from dataclasses import asdict
-
-    from ..engine.core.paths import cache_dir
-    from ..engine.core.seeding import derive_seed
-    from ..engine.data.phantoms import PhantomConfig, make_phantom_world
-    cfg = PhantomConfig()
-    world = cache_dir("phantoms", f"seed{cfg.seed}-" + str(
-        derive_seed(json.dumps(asdict(cfg), sort_keys=True)) % 10**10))
-    if not (world / "hospital" / "dataset.json").exists():
-        make_phantom_world(world, cfg)
-    return world / "public", world / "hospital"
+    from ..engine.data.phantoms import PhantomConfig
+    from .experiment_data import embedded_world
+    return embedded_world(PhantomConfig())
 
 
 def _unavailable(candidate: str) -> str | None:
