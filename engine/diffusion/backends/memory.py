@@ -164,13 +164,19 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_since_reset() -> int | None:
-    """This process's peak resident bytes since ``reset_peak`` (``VmHWM``), None off Linux."""
+def proc_kib_field(path: str, key: str) -> int | None:
+    """The ``key:`` line of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes
+    (its value is in kB), None where there is none."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def peak_since_reset() -> int | None:
+    """This process's peak resident bytes since ``reset_peak`` (``VmHWM``), None off Linux."""
+    return proc_kib_field("/proc/self/status", "VmHWM")

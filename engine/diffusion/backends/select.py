@@ -103,14 +103,8 @@ def perf_timer(candidate: Candidate, fn: Callable[[], Any]) -> float:
 
 def mem_available() -> int | None:
     """``MemAvailable`` from ``/proc/meminfo`` in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    from .memory import proc_kib_field
+    return proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def _rss() -> int:
