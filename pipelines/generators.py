@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -84,7 +85,36 @@ def make_synthetic_dataset(spec: GeneratorSpec | dict[str, Any], real_dataset: s
     if isinstance(spec, dict):
         spec = GeneratorSpec.from_dict(spec)
     DatasetInfo.load(real_dataset)  # one clear error for a bad dataset, whatever the kind
-    return _BUILDERS[spec.kind](spec, Path(real_dataset), per_class, seed, Path(out_dir))
+    out = Path(out_dir)
+    return until_complete(out, lambda: _BUILDERS[spec.kind](spec, Path(real_dataset), per_class,
+                                                            seed, out))
+
+
+def until_complete(out: Path, build: Callable[[], Path], poll_s: float = 1.0) -> Path:
+    """``build()`` until ``out`` holds its ``dataset.json``; return what ``build`` returned.
+
+    A duplicate launch of the same job (two experiment processes, a requeued task beside the
+    old one) skips the shards another live process is writing at that moment, so its own
+    ``build()`` can return before the dataset is complete. Then wait while live writers'
+    temporary files remain in ``out`` and build again: that finalizes the dataset, or writes
+    the shards a writer that died left. A build that leaves it incomplete with no live writer
+    to wait for (shards owned by other ranks of a multi-rank job) is an error naming the fix.
+    """
+    from ..engine.synth.files import live_temporaries
+    path, retried = build(), False
+    while not (out / "dataset.json").is_file():
+        waited = False
+        while live_temporaries(out):
+            waited = True
+            time.sleep(poll_s)
+        if not waited:   # a writer may have finished just now: one more build finalizes then
+            if retried:
+                raise RuntimeError(f"{out} is incomplete after this run and no live process "
+                                   f"is writing it (shards of other ranks?): run the job on "
+                                   f"every rank, then `medfake synth status {out} --finalize`")
+            retried = True
+        path = build()
+    return path
 
 
 def _need_model(spec: GeneratorSpec, what: str) -> str:

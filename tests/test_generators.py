@@ -97,3 +97,61 @@ def test_spec_errors_are_clear(small_world, tmp_path):
         GeneratorSpec.from_dict({"kind": "classic", "steps": 3})
     with pytest.raises(ValueError, match="needs model"):
         make_synthetic_dataset({"kind": "diffusion"}, hospital, 1, 0, tmp_path / "x")
+
+
+def _hold_lock(path, seconds: float):
+    """A child process that holds ``path``'s flock (a live writer's temporary) for ``seconds``."""
+    import subprocess
+    import sys
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'wb'); "
+            "fcntl.flock(f.fileno(), fcntl.LOCK_EX); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2]))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_duplicate_launch_waits_for_the_live_writer_and_returns_the_complete_dataset(
+        micro, small_world, tmp_path):
+    """A second process of the same job skips the shard a live process is writing; it must not
+    return a dataset without dataset.json (bench/routes.py crashed on that): it waits for the
+    writer, then finishes the job itself (here the writer dies without finishing)."""
+    import time
+    _, hospital = small_world
+    out = tmp_path / "syn"
+    out.mkdir()
+    holder = _hold_lock(out / ".train-000000.tar.tmp-elsewhere", 2.0)
+    t0 = time.time()
+    got = make_synthetic_dataset(_spec("diffusion", micro), hospital, per_class=2, seed=0,
+                                 out_dir=out)
+    assert time.time() - t0 >= 1.5, "returned before the live writer was done"
+    holder.wait()
+    info = DatasetInfo.load(got)
+    assert info.verify() == []
+    assert info.splits["train"]["per_class"] == {n: 2 for n in info.class_names}
+
+
+def test_until_complete_waits_rebuilds_and_refuses_without_a_writer(tmp_path):
+    from medfake.pipelines.generators import until_complete
+    out = tmp_path / "d"
+    out.mkdir()
+    calls = []
+
+    def build_after_writer():
+        calls.append(1)
+        if len(calls) == 2:
+            (out / "dataset.json").write_text("{}")
+        return out
+
+    holder = _hold_lock(out / ".train-000001.tar.tmp-other", 1.0)
+    assert until_complete(out, build_after_writer, poll_s=0.1) == out
+    holder.wait()
+    assert len(calls) == 2
+
+    never = tmp_path / "never"
+    never.mkdir()
+    calls.clear()
+    with pytest.raises(RuntimeError, match="--finalize"):
+        until_complete(never, lambda: calls.append(1) or never, poll_s=0.1)
+    assert len(calls) == 2   # one more build in case a writer finished just then, no more
