@@ -27,6 +27,11 @@ Protocol, fixed before any result was seen:
   over the seeds both arms share.
 * Classifier: the small CNN of ``engine.evaluation.classifiers`` as in ``medfake run``'s CNN
   arms (200 Adam steps, batch 64, lr 1e-3, no augmentation, seed s), one thread.
+* DCGAN and ACGAN learn only from the k real hospital images; both worlds' hospital splits hold
+  identical images, labels and keys (``hospital_fingerprint``), so a world's GAN arm that
+  another world already finished is reused from it (identical computation, deterministic per
+  seed; at k=5 both were computed and agreed exactly), and the report says so; ``--no-share``
+  recomputes.
 * Report: per route mean test accuracy and macro AUC with the t 95% CI over seeds, and the
   paired differences (same seed = same real images) against real-only and against the control
   with their t 95% CIs. A route "beats" a reference only when the CI excludes 0.
@@ -87,6 +92,11 @@ ROUTES: dict[str, list[dict[str, Any]]] = {
     "classic": [{}],
 }
 CHEAP = ("real-only", "control", "txt2img", "inpaint", "inpaint-outpaint", "classic")
+# routes that learn only from the hospital images and labels (no corpus, no captions): when two
+# worlds' hospital splits hold identical images, labels and keys, their arms are identical
+# computations (deterministic per seed; at k=5 both were run and agreed exactly), so one
+# world's finished arm is reused by the other (``share_arm``; --no-share recomputes)
+WORLD_FREE = ("dcgan", "acgan")
 CLASS_NAMES = ["cyst", "metastasis", "hemangioma"]
 
 
@@ -167,6 +177,46 @@ def extra_arrays(a, world: str, route: str, setting: dict, k: int, seed: int,
 
 # ----------------------------------------------------------------------------- phases
 
+def hospital_fingerprint(hospital: Path) -> str:
+    """sha256 of the hospital splits' images, labels and keys (what WORLD_FREE routes and the
+    classifier read; captions and prompts excluded)."""
+    import hashlib
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        arr = load_split(hospital, split)
+        h.update(np.ascontiguousarray(arr.images).tobytes())
+        h.update(np.asarray(arr.labels, dtype=np.int64).tobytes())
+        h.update("\n".join(arr.keys).encode())
+    return h.hexdigest()
+
+
+def share_arm(a, route: str, arm_dir: Path) -> bool:
+    """Copy a finished WORLD_FREE arm (val.json, cnn.pt) of the same (k, route, setting, seed)
+    from another world whose hospital fingerprint equals this one's; True if copied."""
+    if route not in WORLD_FREE or not a.share:
+        return False
+    rel = arm_dir.relative_to(a.work / a.world)
+    for other in ("near", "general"):
+        src = a.work / other / rel
+        if other == a.world or not (src / "val.json").is_file() or not (src / "cnn.pt").is_file():
+            continue
+        if a.fingerprints.setdefault(a.world, hospital_fingerprint(a.hospital)) != \
+                a.fingerprints.setdefault(other, hospital_fingerprint(world_dirs(other)[1])):
+            log.info("not sharing %s from world %s: hospital data differ", rel, other)
+            continue
+        import shutil
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / "cnn.pt", arm_dir / "cnn.pt")
+        row = {**json.loads((src / "val.json").read_text()), "shared_from": str(src)}
+        tmp = arm_dir / "val.json.tmp"
+        tmp.write_text(json.dumps(row))
+        os.replace(tmp, arm_dir / "val.json")
+        log.info("k=%s %s: reused world %s's arm (identical hospital images): val acc %.3f",
+                 a.k, rel, other, row["val_accuracy"])
+        return True
+    return False
+
+
 def _cell_dir(a, k: int) -> Path:
     return a.work / a.world / f"k{k}"
 
@@ -182,7 +232,7 @@ def run_val(a) -> None:
         for route in a.routes:
             for setting in ROUTES[route]:
                 arm_dir = cell / route / setting_id(setting) / f"seed{seed}"
-                if (arm_dir / "val.json").is_file():
+                if (arm_dir / "val.json").is_file() or share_arm(a, route, arm_dir):
                     continue
                 t0 = time.time()
                 extra = extra_arrays(a, a.world, route, setting, a.k, seed, real, gen_root)
@@ -285,7 +335,10 @@ def cell_report(world: str, k: int, by: dict[str, list[dict]],
         auc = np.array([r["macro_auc"] for r in rs])
         c = choices[route]
         vals = ", ".join(f"{s['id']}: {100 * s['val_accuracy_mean']:.1f}" for s in c["val"])
-        cells = [route, ",".join(map(str, c["seeds"])), f"{c['chosen']} ({vals})",
+        shared = sorted({Path(r["shared_from"]).parts[-5] for r in rs if r.get("shared_from")})
+        name = route + (f" (arms of world {', '.join(shared)}: same hospital images)"
+                        if shared else "")
+        cells = [name, ",".join(map(str, c["seeds"])), f"{c['chosen']} ({vals})",
                  f"{100 * acc.mean():.1f} +- {100 * _t_half(acc):.1f}", f"{100 * auc.mean():.1f}"]
         for ref in ("real-only", "control"):
             if route == ref or ref not in by:
@@ -336,7 +389,11 @@ def main() -> None:
     ap.add_argument("--phase", default="all", choices=["val", "all"],
                     help="val: only train and score on val; all: then choose and test")
     ap.add_argument("--report", action="store_true", help="print the verdict over all runs")
+    ap.add_argument("--no-share", dest="share", action="store_false",
+                    help=f"recompute {', '.join(WORLD_FREE)} arms instead of reusing another "
+                         f"world's when the hospital data are identical")
     a = ap.parse_args()
+    a.fingerprints = {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.report:
         text = report(a.work)

@@ -72,3 +72,52 @@ def test_verdict_counts_a_win_only_when_the_paired_ci_excludes_zero(routes, tmp_
     assert "beat the equal-count control: classic (" in line
     assert "txt2img (" not in line.split("beat the equal-count control")[1]
     assert "| classic |" in text and "**yes**" in text
+
+
+def _arm(work: Path, world: str, route: str, seed: int, acc: float) -> Path:
+    d = work / world / "k2" / route / "default" / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "val.json").write_text(json.dumps({"route": route, "seed": seed, "k": 2,
+                                            "val_accuracy": acc, "val_macro_auc": acc}))
+    (d / "cnn.pt").write_bytes(b"weights")
+    return d
+
+
+def test_world_free_arms_are_reused_only_when_the_hospital_data_are_identical(
+        routes, tmp_path, monkeypatch):
+    _arm(tmp_path, "near", "dcgan", 0, 0.55)
+    _arm(tmp_path, "near", "txt2img", 0, 0.60)
+    prints = {"near": "same", "general": "same"}
+    monkeypatch.setattr(routes, "world_dirs", lambda w: (tmp_path / w / "corpus",
+                                                         tmp_path / w / "hospital"))
+    monkeypatch.setattr(routes, "hospital_fingerprint", lambda h: prints[h.parent.name])
+
+    def args(world: str):
+        return SimpleNamespace(work=tmp_path, world=world, k=2, share=True, fingerprints={},
+                               hospital=tmp_path / world / "hospital")
+
+    arm = tmp_path / "general" / "k2" / "dcgan" / "default" / "seed0"
+    assert routes.share_arm(args("general"), "dcgan", arm)
+    row = json.loads((arm / "val.json").read_text())
+    assert row["val_accuracy"] == 0.55 and row["shared_from"].endswith("near/k2/dcgan/default/seed0")
+    assert (arm / "cnn.pt").read_bytes() == b"weights"
+    # a route that reads the corpus or captions is never shared
+    assert not routes.share_arm(args("general"), "txt2img",
+                                tmp_path / "general" / "k2" / "txt2img" / "default" / "seed0")
+    # different hospital data: recomputed, not shared
+    prints["general"] = "other"
+    arm1 = tmp_path / "general" / "k2" / "acgan" / "default" / "seed0"
+    _arm(tmp_path, "near", "acgan", 0, 0.5)
+    assert not routes.share_arm(args("general"), "acgan", arm1)
+    assert not arm1.exists()
+    # --no-share
+    prints["general"] = "same"
+    a = args("general")
+    a.share = False
+    assert not routes.share_arm(a, "acgan", arm1)
+    # the report names where a reused row came from
+    rows = [{**row, "accuracy": 0.5, "macro_auc": 0.5, "arm": "dcgan", "chosen": "default"}]
+    choice = {"seeds": [0], "chosen": "default",
+              "val": [{"id": "default", "val_accuracy_mean": 0.55}]}
+    table = "\n".join(routes.cell_report("general", 2, {"dcgan": rows}, {"dcgan": choice}))
+    assert "arms of world near" in table
