@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.core.config import JobConfig, api_only, option
+from ..engine.diffusion.backends.components import EXPORT_ATTENTION_HEADS_PER_CHUNK
 
 PROTOBUF_LIMIT = 2 * 1024 ** 3
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 23}
@@ -35,6 +36,11 @@ class OnnxExportConfig(JobConfig):
     deep_cache: bool = option(False, "also export the step-feature caching graphs (unet_deep, "
                               "unet_shallow) that `medfake synth --deep-cache-interval K` needs "
                               "on onnx, openvino and tensorrt")
+    attention_heads_per_chunk: int = option(
+        EXPORT_ATTENTION_HEADS_PER_CHUNK, "attention computed this many heads at a time, 0 = all at once. ONNX Runtime on a "
+        "CPU materialises the attention scores of every head; one head at a time held 5.5x "
+        "less transient memory and ran faster (bench/attention_memory.py). The TensorRT "
+        "builds of `--backend tensorrt` use an export with 0, for TensorRT's fused attention")
     validate_batches: tuple[int, int] = api_only((1, 3))
     simplify: bool = api_only(True)       # onnxslim: fold shape arithmetic, drop redundant nodes
     external_data_threshold: int = api_only(PROTOBUF_LIMIT)  # bytes of weights; 0 forces external
@@ -51,6 +57,9 @@ class OnnxExportConfig(JobConfig):
         bad = set(self.components or ()) - set(ALL_COMPONENTS)
         if bad:
             raise ValueError(f"unknown components {sorted(bad)}; choose from {ALL_COMPONENTS}")
+        if self.attention_heads_per_chunk < 0:
+            raise ValueError(f"attention_heads_per_chunk must be >= 0 (0 = all heads at once), "
+                             f"got {self.attention_heads_per_chunk}")
         if self.exporter == "torchscript" and self.resolved_opset() > 20:
             raise ValueError("the torchscript exporter supports opset <= 20; use --exporter dynamo "
                              "for opset 21-23")

@@ -68,12 +68,13 @@ def fp16_compute(module: nn.Module, spec: ComponentSpec) -> _Fp16Compute:
     return _Fp16Compute(module, keep)
 
 
-def _exportable_attention(model: nn.Module):
-    """Switch attention processors to an exportable path for the duration of the export."""
+def _exportable_attention(model: nn.Module, heads_per_chunk: int = 0):
+    """Switch attention processors to an exportable path for the duration of the export
+    (``heads_per_chunk`` > 0: attention that many heads at a time)."""
     from ..kernels.attention import exportable_attention
     for m in model.modules():
         if hasattr(m, "set_attn_processor"):  # the diffusers model inside the wrapper
-            return exportable_attention(m)
+            return exportable_attention(m, "sdpa", heads_per_chunk)
     return contextlib.nullcontext()  # the text encoder (transformers) exports as is
 
 
@@ -247,7 +248,8 @@ def export_onnx(model_dir: str, out_dir: str, cfg: OnnxExportConfig = OnnxExport
         path.parent.mkdir(parents=True)
         weight_bytes = _weight_bytes(module)
         t0 = time.perf_counter()
-        with _exportable_attention(module), torch.inference_mode(False), torch.no_grad():
+        with _exportable_attention(module, cfg.attention_heads_per_chunk), \
+                torch.inference_mode(False), torch.no_grad():
             _export_one(module, spec, geom, path, cfg)
         if cfg.simplify:
             _simplify(path, weight_bytes)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
 import torch
@@ -146,21 +146,100 @@ def apply_attention(model: nn.Module, kind: AttentionKind = "auto") -> str:
     return used
 
 
+def head_chunked_sdpa(sdpa: Callable[..., torch.Tensor], heads_per_chunk: int):
+    """``sdpa`` (``F.scaled_dot_product_attention``'s signature) computed ``heads_per_chunk``
+    heads at a time and concatenated: the same result, but a graph that materialises the
+    (batch, heads, queries, keys) score tensor keeps only one chunk's scores alive at a time.
+
+    Heads are a static dimension of each attention layer, so a traced graph holds the same
+    number of chunks for every batch size and image size (a loop over the batch or the query
+    axis would bake the example's sizes into an export with dynamic axes)."""
+    if heads_per_chunk < 1:
+        raise ValueError(f"heads_per_chunk must be >= 1, got {heads_per_chunk}")
+
+    def chunked(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+        heads = int(query.shape[1]) if not torch.jit.is_tracing() else _static(query.shape[1])
+        if heads <= heads_per_chunk:
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                        is_causal=is_causal, **kw)
+        outs = []
+        for i in range(0, heads, heads_per_chunk):
+            j = min(i + heads_per_chunk, heads)
+            mask = attn_mask
+            if mask is not None and mask.dim() == 4 and mask.shape[1] == heads:
+                mask = mask[:, i:j]
+            outs.append(sdpa(query[:, i:j], key[:, i:j], value[:, i:j], attn_mask=mask,
+                             dropout_p=dropout_p, is_causal=is_causal, **kw))
+        return torch.cat(outs, dim=1)
+    return chunked
+
+
+def _static(dim) -> int:
+    """A traced tensor's static dimension as an int, without the tracer's warning (heads are
+    fixed by the layer, so the trace is right for every input)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return int(dim)
+
+
+class _FunctionalWithSDPA:
+    """``torch.nn.functional`` with ``scaled_dot_product_attention`` replaced."""
+
+    def __init__(self, sdpa) -> None:
+        self.scaled_dot_product_attention = sdpa
+
+    def __getattr__(self, name: str):
+        return getattr(torch.nn.functional, name)
+
+
+def head_chunked_processor(heads_per_chunk: int):
+    """The stock ``AttnProcessor2_0`` (diffusers keeps the pre/post steps: norms, residual,
+    rescale) whose attention core is :func:`head_chunked_sdpa`. For exports only: while it
+    runs it points the diffusers attention module's ``F`` at a copy with the chunked SDPA,
+    which a trace (single-threaded) tolerates and concurrent eager use would not."""
+    from diffusers.models import attention_processor as ap
+
+    class HeadChunkedAttnProcessor(ap.AttnProcessor2_0):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads_per_chunk = heads_per_chunk
+            self._functional = _FunctionalWithSDPA(head_chunked_sdpa(
+                torch.nn.functional.scaled_dot_product_attention, heads_per_chunk))
+
+        def __call__(self, *args, **kwargs):
+            saved = ap.F
+            ap.F = self._functional
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                ap.F = saved
+
+    return HeadChunkedAttnProcessor()
+
+
 @contextlib.contextmanager
-def exportable_attention(model: nn.Module, kind: str = "sdpa") -> Iterator[str]:
+def exportable_attention(model: nn.Module, kind: str = "sdpa",
+                         heads_per_chunk: int = 0) -> Iterator[str]:
     """Within the block every attention module of ``model`` uses an exportable kind.
 
     ``kind`` is ``sdpa`` (a single op that opset 23 maps to the ONNX ``Attention`` op and older
-    opsets decompose) or ``math`` (plain MatMul/Softmax). The previous processors, whatever
-    they were, are restored on exit, also when the block raises. Yields the kind in effect.
+    opsets decompose) or ``math`` (plain MatMul/Softmax). ``heads_per_chunk`` > 0 (``sdpa``
+    only) computes attention that many heads at a time (:func:`head_chunked_sdpa`), so a
+    runtime that materialises the score tensor (ONNX Runtime on CPU) holds one chunk's scores
+    instead of all heads' at once. The previous processors, whatever they were, are restored on
+    exit, also when the block raises. Yields the kind in effect.
     """
     if kind not in EXPORTABLE_KINDS:
         raise ValueError(f"attention kind {kind!r} is not exportable; use one of "
                          f"{', '.join(EXPORTABLE_KINDS)}")
+    if heads_per_chunk and kind != "sdpa":
+        raise ValueError("heads_per_chunk needs attention kind sdpa")
     _require_processors(model)
     saved = dict(model.attn_processors)
     if saved:
-        model.set_attn_processor(make_processor(kind))
+        model.set_attn_processor(head_chunked_processor(heads_per_chunk) if heads_per_chunk
+                                 else make_processor(kind))
     try:
         yield kind
     finally:

@@ -57,18 +57,23 @@ def _is_export(path: Path, kind: str) -> bool:
 def prepare_export(path: str, kind: str, job: JobShape | None = None) -> str:
     """An export dir of ``kind`` ("onnx" or "tensorrt") for a diffusers (or ONNX) dir, cached;
     TensorRT engines get profiles that serve ``job`` (default: the model's native size); a
-    ``job.deep_cache`` export also holds the step-feature caching graphs."""
+    ``job.deep_cache`` export also holds the step-feature caching graphs. The onnx kind (ONNX
+    Runtime, OpenVINO) computes attention one head at a time (``OnnxExportConfig``'s default);
+    the TensorRT engines are built from an export with all heads in one attention."""
+    from ..export.config import OnnxExportConfig
     from ..export.onnx_export import export_onnx
     p = Path(path)
     deep = job is not None and job.deep_cache
+    # ONNX Runtime / OpenVINO get attention one head at a time (the export default); TensorRT
+    # builds from an export with all heads in one attention, the pattern it fuses
+    cfg = OnnxExportConfig(deep_cache=deep, **(
+        {"attention_heads_per_chunk": 0} if kind == "tensorrt" else {}))
+    # one cache entry per graph layout (exports cached before head chunking are not reused)
+    sub = (f"onnx{'-deepcache' if deep else ''}-heads{cfg.attention_heads_per_chunk}")
     if _is_export(p, "onnx"):
         onnx_dir = p
-    elif deep:   # the step-feature caching graphs too (a separate cache entry)
-        from ..export.config import OnnxExportConfig
-        onnx_dir = _export_cached(path, "onnx-deepcache", lambda m, o: export_onnx(
-            m, o, OnnxExportConfig(deep_cache=True)))
-    else:
-        onnx_dir = _export_cached(path, "onnx", export_onnx)
+    else:   # deep: the step-feature caching graphs too
+        onnx_dir = _export_cached(path, sub, lambda m, o: export_onnx(m, o, cfg))
     if kind == "onnx":
         return str(onnx_dir)
     if kind != "tensorrt":

@@ -110,3 +110,27 @@ def test_per_tensor_files_are_consolidated_without_loading_the_weights(tmp_path,
     x = rng.standard_normal((1, 64)).astype(np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.allclose(y, x @ w1 @ w2, atol=1e-4)
+
+
+def test_estimate_follows_the_exports_attention_head_chunking(micro):
+    """An export that computes attention one head at a time (the default) holds one head's
+    scores; an older export (no setting) or one with 0 holds all 8 heads' at once."""
+    big = JobShape(1, 256, 256)
+    tokens = (256 // 8) ** 2
+    scores = 2 * tokens * tokens * 4 * 2     # scores + softmax, fp32, UNet batch 2 (CFG)
+    per_diffusers_dir = memory.estimate_peak_bytes("onnx", str(micro), big)
+
+    def export_with(settings):
+        from medfake.engine.diffusion.backends.components import ModelGeometry
+        from medfake.engine.diffusion.backends.manifest import ExportManifest
+        ExportManifest("onnx", str(micro), "x", "fp32", ModelGeometry(256, 3, 4, 8, 0.18, 4, 8, 8),
+                       settings=settings).save(micro)
+        return memory.estimate_peak_bytes("onnx", str(micro), big)
+
+    one, old = export_with({"attention_heads_per_chunk": 1}), export_with({})
+    assert old > one and export_with({"attention_heads_per_chunk": 0}) == old
+    assert abs(per_diffusers_dir - one) < 10_000   # a diffusers dir: as the default export (+ its weights)
+    cfg = memory._unet_config(micro)       # the UNet call's share, exactly
+    unet = {n: memory._unet_activation_bytes(cfg, 2, 32, 32, n) for n in (None, 0, 1, 2)}
+    assert unet[0] - unet[1] == 7 * scores and unet[2] - unet[1] == scores
+    assert unet[1] - unet[None] == scores  # torch (blocked SDPA) materialises none

@@ -221,3 +221,27 @@ def test_component_specs_cover_the_geometry():
     assert SPECS["unet"].shapes(g, 2)["sample"] == [2, 9, 8, 8]
     assert SPECS["vae_encoder"].shapes(g, 2)["image"] == [2, 3, 32, 32]
     assert SPECS["text_encoder"].shapes(g, 5)["input_ids"] == [5, 77]
+
+
+def test_export_computes_attention_one_head_at_a_time_unless_told(exported, tiny, tmp_path):
+    """The default export splits each attention into one Softmax per head (ONNX Runtime then
+    holds one head's scores at a time); attention_heads_per_chunk=0 keeps one per layer, the
+    graph TensorRT builds from. Both validate against PyTorch."""
+    from medfake.engine.diffusion.sd_model import load_components
+    unet = load_components(str(tiny)).unet
+    layers = [m for m in unet.modules() if type(m).__name__ == "Attention"]
+    heads = sum(m.heads for m in layers)
+    assert heads > len(layers)             # the tiny UNet has layers of several heads
+
+    def softmaxes(d):
+        g = onnx.load(str(d / ExportManifest.load(d).components["unet"]["file"])).graph
+        return sum(n.op_type == "Softmax" for n in g.node)
+
+    assert ExportManifest.load(exported).settings["attention_heads_per_chunk"] == 1
+    assert softmaxes(exported) == heads
+    fused = export_onnx(str(tiny), str(tmp_path / "fused"),
+                        OnnxExportConfig(components=("unet",), attention_heads_per_chunk=0))
+    assert softmaxes(fused) == len(layers)
+    assert all(r["ok"] for r in ExportManifest.load(fused).components["unet"]["validation"])
+    with pytest.raises(ValueError, match=">= 0"):
+        OnnxExportConfig(attention_heads_per_chunk=-1).check()

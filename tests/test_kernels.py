@@ -233,3 +233,30 @@ def test_auto_dispatch_sees_tracers():
     torch.jit.trace(Probe(), (torch.randn(2),), check_trace=False)
     torch.export.export(Probe(), (torch.randn(2),), strict=False)
     assert seen == ["TorchScript trace", "torch.compile/torch.export"]
+
+
+def test_head_chunked_attention_is_the_same_attention_and_restores_diffusers(unet, unet_inputs):
+    import diffusers.models.attention_processor as ap
+    import torch.nn.functional as F
+    from medfake.kernels.attention import head_chunked_sdpa
+    apply_attention(unet, "sdpa")
+    with torch.no_grad():
+        ref = unet(*unet_inputs).sample
+        with exportable_attention(unet, "sdpa", heads_per_chunk=1):
+            out = unet(*unet_inputs).sample
+    assert torch.allclose(out, ref, atol=1e-6, rtol=0)
+    assert ap.F is F and attention_kinds(unet) == {"sdpa": len(unet.attn_processors)}
+    q, k, v = (torch.randn(2, 5, 7, 4) for _ in range(3))
+    per_head_mask = torch.randn(2, 5, 7, 7)
+    broadcast_mask = torch.randn(2, 1, 7, 7)
+    for n in (1, 2, 5, 9):
+        chunked = head_chunked_sdpa(F.scaled_dot_product_attention, n)
+        for mask in (None, per_head_mask, broadcast_mask):
+            assert torch.allclose(chunked(q, k, v, attn_mask=mask),
+                                  F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                  atol=1e-6)
+    with pytest.raises(ValueError, match=">= 1"):
+        head_chunked_sdpa(F.scaled_dot_product_attention, 0)
+    with pytest.raises(ValueError, match="needs attention kind sdpa"):
+        with exportable_attention(unet, "math", heads_per_chunk=2):
+            pass

@@ -24,6 +24,9 @@ COMPONENT_NAMES = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 DEEP_CACHE_COMPONENTS = ("unet_deep", "unet_shallow")   # optional (``--deep-cache``)
 ALL_COMPONENTS = COMPONENT_NAMES + DEEP_CACHE_COMPONENTS
 UNET_COMPONENTS = ("unet", *DEEP_CACHE_COMPONENTS)       # the batch doubles under CFG
+# attention heads computed at once in an ONNX export (``OnnxExportConfig``'s default; 0 = all):
+# ONNX Runtime materialises the scores of the heads it computes together
+EXPORT_ATTENTION_HEADS_PER_CHUNK = 1
 DEEP_CACHE_BRANCH = 1   # the shallow levels the exported caching graphs run (the cheapest)
 # Inputs that stay float32 in fp16 graphs and fp16 TensorRT engines: the UNet's timestep is
 # fractional under DPM++/Euler (980.7), and fp16 has 0.5 steps above 512. diffusers builds the

@@ -16,8 +16,9 @@ order of preference:
      the skip activations of every down level, ``sum_l (layers + 1) x C_l x h w / 4^l``, and a
      working set of ``WORKING`` tensors of the top level, ``C_0 x h x w``, in float32; on ONNX
      Runtime the attention at the top attention level also materialises its scores and their
-     softmax, ``2 x heads x (h w)^2`` per image (PyTorch's SDPA on a CPU computes attention in
-     blocks and does not);
+     softmax for the heads computed together, ``2 x heads x (h w)^2`` per image, where heads
+     is the export's ``attention_heads_per_chunk`` (1 by default; 0 = all the layer's heads;
+     PyTorch's SDPA on a CPU computes attention in blocks and does not);
    - a VAE decode keeps ``VAE_WORKING`` tensors of its top level (``C x H x W`` at the image
      size) and its mid-block attention scores at the latent size;
    - ``streams`` concurrent calls each hold their own activations (the weights are shared).
@@ -85,20 +86,22 @@ def weight_bytes(model_dir: str | Path) -> int:
     return total
 
 
-def _unet_activation_bytes(cfg: dict, batch: int, h: int, w: int, materialised_attention: bool
-                           ) -> int:
+def _unet_activation_bytes(cfg: dict, batch: int, h: int, w: int,
+                           heads_at_once: int | None) -> int:
+    """``heads_at_once``: None where attention is computed in blocks (torch); 0 = all heads."""
     chans = list(cfg.get("block_out_channels", (320, 640, 1280, 1280)))
     layers = int(cfg.get("layers_per_block", 2))
     skip = sum((layers + 1) * c * h * w // 4 ** lvl for lvl, c in enumerate(chans))
     total = skip + WORKING * chans[0] * h * w
-    if materialised_attention:
+    if heads_at_once is not None:
         kinds = cfg.get("down_block_types", ["CrossAttnDownBlock2D"] * len(chans))
         heads = cfg.get("attention_head_dim", 8)
         heads = heads if isinstance(heads, list) else [heads] * len(chans)
         top = next((lvl for lvl, k in enumerate(kinds) if "Attn" in k), None)
         if top is not None:
             tokens = h * w // 4 ** top
-            total += 2 * int(heads[min(top, len(heads) - 1)]) * tokens * tokens
+            n = int(heads[min(top, len(heads) - 1)])
+            total += 2 * (min(n, heads_at_once) if heads_at_once else n) * tokens * tokens
     return FP32 * batch * total
 
 
@@ -120,14 +123,18 @@ def estimate_peak_bytes(backend: str, model_dir: str, job: JobShape, streams: in
             return got
     d = Path(model_dir)
     f = 8   # the VAE factor of every SD model
+    from .components import EXPORT_ATTENTION_HEADS_PER_CHUNK
     from .manifest import MANIFEST_NAME, ExportManifest
+    heads_at_once = EXPORT_ATTENTION_HEADS_PER_CHUNK   # a diffusers dir: the export to come
     if (d / MANIFEST_NAME).is_file():
-        f = ExportManifest.load(d).geometry.vae_scale_factor
+        m = ExportManifest.load(d)
+        f = m.geometry.vae_scale_factor
+        heads_at_once = int(m.settings.get("attention_heads_per_chunk", 0))  # older: all
     elif _vae_config(d).get("block_out_channels"):
         f = 2 ** (len(_vae_config(d)["block_out_channels"]) - 1)
     h, w = job.height // f, job.width // f
     unet = _unet_activation_bytes(_unet_config(d), job.component_batch("unet"), h, w,
-                                  materialised_attention=backend != "torch")
+                                  heads_at_once=None if backend == "torch" else heads_at_once)
     vae = _vae_decode_bytes(_vae_config(d), job.batch, job.height, job.width, h, w)
     weights = weight_bytes(d) * WEIGHT_FACTOR.get(backend, 1.0)
     return int(BASE_BYTES + weights + streams * max(unet, vae))
