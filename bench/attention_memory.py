@@ -1,6 +1,6 @@
 """Peak memory and speed of one SD attention layer on ONNX Runtime, all heads at once vs
 head-chunked (``kernels.attention.head_chunked_sdpa``), exported the way ``medfake export
-onnx`` exports (torchscript, opset 17, SDPA) and run with medfake's session options.
+onnx`` exports (torchscript, opset 17, SDPA) and run with medfake's session options (``--runtime openvino``: the openvino backend's fp32 config).
 
 ONNX Runtime on CPU materialises the (batch, heads, queries, keys) attention scores; PyTorch's
 SDPA computes them in blocks. This isolates that difference on one layer, side by side in one
@@ -8,7 +8,7 @@ run: each variant in a fresh child process (peak RSS from ``getrusage``, minus t
 the session was created), interleaved rounds of ``--calls`` calls each.
 
 Usage: ``python bench/attention_memory.py [--tokens 4096] [--heads 8] [--dim-head 40]
-[--batch 2] [--chunks 0 1 2 4] [--threads 2] [--rounds 3]``. Defaults: SD 1.5's first
+[--batch 2] [--chunks 0 1 2 4] [--threads 2] [--rounds 3] [--runtime onnxruntime|openvino]``. Defaults: SD 1.5's first
 self-attention at 512 px (64x64 latents), UNet batch 2 (one image with CFG).
 """
 from __future__ import annotations
@@ -30,13 +30,21 @@ def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-s = ort.InferenceSession(a["path"], session_options(a["threads"]), providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).standard_normal((a["batch"], a["tokens"], a["dim"])).astype(np.float32)
+if a["runtime"] == "openvino":   # the openvino backend's fp32 CPU config
+    import openvino as ov
+    c = ov.Core().compile_model(a["path"], "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": a["threads"], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+    run = lambda: c(x)[0]
+else:
+    s = ort.InferenceSession(a["path"], session_options(a["threads"]),
+                             providers=["CPUExecutionProvider"])
+    run = lambda: s.run(None, {"x": x})[0]
 base = rss_mb()
-s.run(None, {"x": x})                          # warm-up
+run()                                           # warm-up
 t = time.perf_counter()
 for _ in range(a["calls"]):
-    y = s.run(None, {"x": x})[0]
+    y = run()
 sec = (time.perf_counter() - t) / a["calls"]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds_per_call": sec, "peak_over_loaded_mb": peak - base,
@@ -72,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime")
     a = ap.parse_args()
     rows: dict[int, list[dict]] = {c: [] for c in a.chunks}
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,12 +90,13 @@ def main() -> None:
         for _ in range(a.rounds):
             for c, p in paths.items():
                 arg = {"path": str(p), "threads": a.threads, "batch": a.batch,
-                       "tokens": a.tokens, "dim": a.heads * a.dim_head, "calls": a.calls}
+                       "tokens": a.tokens, "dim": a.heads * a.dim_head, "calls": a.calls,
+                       "runtime": a.runtime}
                 out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(arg)], check=True,
                                      capture_output=True, text=True).stdout
                 rows[c].append(json.loads(out.strip().splitlines()[-1]))
     score_mb = a.batch * a.heads * a.tokens ** 2 * 4 / 2 ** 20
-    print(f"one attention layer: batch {a.batch}, {a.heads} heads x {a.dim_head}, {a.tokens} "
+    print(f"{a.runtime}, one attention layer: batch {a.batch}, {a.heads} heads x {a.dim_head}, {a.tokens} "
           f"tokens (all heads' fp32 scores: {score_mb:.0f} MB); {a.threads} threads, "
           f"{a.rounds} interleaved rounds of {a.calls} calls\n")
     print("| heads per chunk | peak over loaded session, MB (max of rounds) | s per call "
