@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.core.config import JobConfig, api_only, option
-from ..engine.diffusion.backends.components import EXPORT_ATTENTION_HEADS_PER_CHUNK
 
 PROTOBUF_LIMIT = 2 * 1024 ** 3
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 23}
 # max_abs <= atol + rtol * max|reference|
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
 # engine.diffusion.backends.components.ALL_COMPONENTS (that module imports torch)
+# engine.diffusion.backends.components.EXPORT_ATTENTION_HEADS_PER_CHUNK (the memory estimate's)
+EXPORT_ATTENTION_HEADS_PER_CHUNK = 1
 COMPONENT_CHOICES = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "unet_deep",
                      "unet_shallow")
 
@@ -37,8 +38,8 @@ class OnnxExportConfig(JobConfig):
                               "unet_shallow) that `medfake synth --deep-cache-interval K` needs "
                               "on onnx, openvino and tensorrt")
     attention_heads_per_chunk: int = option(
-        EXPORT_ATTENTION_HEADS_PER_CHUNK, "attention computed this many heads at a time, 0 = all at once. ONNX Runtime on a "
-        "CPU materialises the attention scores of every head; one head at a time held 5.5x "
+        EXPORT_ATTENTION_HEADS_PER_CHUNK, "attention computed this many heads at a time, "
+        "0 = all at once. ONNX Runtime on a CPU materialises the attention scores of every head; one head at a time held 5.5x "
         "less transient memory and ran faster (bench/attention_memory.py). The TensorRT "
         "builds of `--backend tensorrt` use an export with 0, for TensorRT's fused attention")
     validate_batches: tuple[int, int] = api_only((1, 3))

@@ -121,9 +121,11 @@ def test_choice_lists_equal_the_engines():
     from medfake.engine.diffusion.backends.components import ALL_COMPONENTS
     from medfake.engine.synth.modes import MODES
     from medfake.pipelines.configs import synth, train_clip
-    from medfake.export.config import COMPONENT_CHOICES
+    from medfake.export.config import COMPONENT_CHOICES, EXPORT_ATTENTION_HEADS_PER_CHUNK
+    from medfake.engine.diffusion.backends import components
     assert synth.BACKEND_CHOICES == BACKEND_CHOICES and synth.MODES == MODES
     assert train_clip.AUGMENT_CHOICES == AUGMENTS and COMPONENT_CHOICES == ALL_COMPONENTS
+    assert EXPORT_ATTENTION_HEADS_PER_CHUNK == components.EXPORT_ATTENTION_HEADS_PER_CHUNK
 
 
 def test_profiles_keep_their_names_and_values():
