@@ -39,9 +39,10 @@ class OnnxExportConfig(JobConfig):
                               "on onnx, openvino and tensorrt")
     attention_heads_per_chunk: int = option(
         EXPORT_ATTENTION_HEADS_PER_CHUNK, "attention computed this many heads at a time, "
-        "0 = all at once. ONNX Runtime on a CPU materialises the attention scores of every head; one head at a time held 5.5x "
-        "less transient memory and ran faster (bench/attention_memory.py). The TensorRT "
-        "builds of `--backend tensorrt` use an export with 0, for TensorRT's fused attention")
+        "0 = all at once. ONNX Runtime on a CPU materialises the attention scores of every "
+        "head; one head at a time held 5.5x less transient memory and ran faster "
+        "(bench/attention_memory.py). The TensorRT builds of `--backend tensorrt` use an "
+        "export with 0, for TensorRT's fused attention")
     validate_batches: tuple[int, int] = api_only((1, 3))
     simplify: bool = api_only(True)       # onnxslim: fold shape arithmetic, drop redundant nodes
     external_data_threshold: int = api_only(PROTOBUF_LIMIT)  # bytes of weights; 0 forces external
