@@ -147,7 +147,7 @@ def main() -> None:
             continue
         rss = max(x["peak_rss_mb"] for x in runs[r])
         ratio = f"{med[r] / ref:.2f}x" if ref else "n/a"
-        print(f"| {r} | {med[r]:.2f} | {ratio} | {rss:.0f} |")
+        print(f"| {r} | {med[r]:.3g} | {ratio} | {rss:.0f} |")
 
 
 if __name__ == "__main__":
