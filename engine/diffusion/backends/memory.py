@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 KIND = "peak_rss"
 BASE_BYTES = 850 * 2 ** 20       # interpreter, torch, onnxruntime, tokenizer (tiny job: 0.86 GB)
 # resident weights per byte of fp32 weight files (ORT: initializers plus pre-packed copies of
-# the GEMM/conv weights it re-lays out; fitted to bench/synth_memory.py --realsize)
-WEIGHT_FACTOR = {"torch": 1.0, "onnx": 1.15, "openvino": 1.15, "tensorrt": 0.3}
+# the GEMM/conv weights it re-lays out; fitted to bench/synth_memory.py --realsize. OpenVINO:
+# the ONNX graphs read, converted and compiled for the CPU plugin; its SD 1.5 job peaked at
+# 14979 MB, 2026-12-02, bench/cpu_precision.py --size sd15 --per-class 1 --steps 2)
+WEIGHT_FACTOR = {"torch": 1.0, "onnx": 1.15, "openvino": 3.1, "tensorrt": 0.3}
 WORKING = 6                      # top-level activations live at once in a UNet block
 VAE_WORKING = 4                  # in a VAE up block at full resolution
 FP32 = 4
