@@ -106,3 +106,12 @@ def test_fixed_batch_or_streams_are_kept(machine):
     c = calibrate(machine.make_unet, [64] * 4, 2, "x", {}, budget_s=1e9, budget_fraction=1.0,
                   timer=machine.timer, streams=1)
     assert c.setting.streams == 1 and c.setting.threads == 2
+
+
+def test_near_ties_go_to_the_larger_batch():
+    # 48 images in shards of 16, 2 streams: batch 4 -> 12 batches, 6 rounds; batch 8 -> 3 rounds
+    table = {"2x1xb4": 1.00, "2x1xb8": 2.08}      # b8 predicted 6.24 s vs 6.00 s: within 5%
+    c = choose(table, [16] * 3, 2)
+    assert c.setting == Setting(2, 1, 8) and "2x1xb4" in c.why   # the runner-up is still named
+    table = {"2x1xb4": 1.00, "2x1xb8": 2.20}      # 6.6 s: 10% slower, a real difference
+    assert choose(table, [16] * 3, 2).setting == Setting(2, 1, 4)

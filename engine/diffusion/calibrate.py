@@ -24,7 +24,9 @@ streams took 1.8x the time of one stream (issue 21). So the choice is measured, 
    ``ceil(batches / s) x round`` where ``batches`` is the sum over the job's shards of
    ``ceil(shard / batch)``: a stream with no batch left in the last round idles (the tail),
    and a partial batch is charged as a full one (conservative). Never more streams than the
-   job has batches.
+   job has batches. Candidates within ``TIE_TOLERANCE`` of the least count as tied and the
+   largest batch among them wins: the per-batch work outside the UNet is not measured and
+   only favours larger batches.
 
 The measurement is of UNet calls only: the text encoder and VAE run once per batch, the UNet
 once per step, so at any real step count it is the UNet that decides.
@@ -49,6 +51,7 @@ MIN_MEASURE_S = 0.2      # timed rounds per candidate last at least this long ..
 MAX_ROUNDS = 8           # ... or this many rounds
 KIND = "calibration"
 MIN_BUDGET_S = 3.0       # a small job may still spend this much (once per model and machine)
+TIE_TOLERANCE = 0.05     # predictions this close count as equal: the larger batch wins
 
 # make_unet(threads) -> run(batch): one UNet call at ``batch`` images on a model whose kernels
 # use ``threads`` intra-op threads; ``run`` must be safe to call from several threads at once.
@@ -127,7 +130,12 @@ def choose(table: dict[str, float], shard_sizes: list[int], threads: int,
         return None
     ranked = sorted(((predict(s, v, shard_sizes), s) for s, v in usable),
                     key=lambda p: (p[0], p[1].streams, -p[1].batch))
-    best_t, best = ranked[0]
+    # near-ties go to the larger batch (then fewer streams): what calibration does not measure
+    # -- text encoder, VAE decode, scheduler and shard encoding, once per batch -- only
+    # ever favours fewer, larger batches, and a few % is within a round's noise
+    near = [p for p in ranked if p[0] <= ranked[0][0] * (1 + TIE_TOLERANCE)]
+    best_t, best = min(near, key=lambda p: (-p[1].batch, p[1].streams, p[0]))
+    ranked = [(best_t, best)] + [p for p in ranked if p[1] != best]
     n = sum(shard_sizes)
     others = "; ".join(f"{s.label} {t:.3g} s" for t, s in ranked[1:4])
     why = (f"calibrated: {best.streams} stream(s) x {best.threads} thread(s), batch {best.batch}"
