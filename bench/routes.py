@@ -206,7 +206,7 @@ def share_arm(a, route: str, arm_dir: Path) -> bool:
             continue
         import shutil
         arm_dir.mkdir(parents=True, exist_ok=True)
-        part = arm_dir / "cnn.pt.part"   # atomic: a kill mid-copy leaves no truncated cnn.pt
+        part = arm_dir / f"cnn.pt.{os.getpid()}.part"   # atomic, one per writer: no truncated cnn.pt
         shutil.copyfile(src / "cnn.pt", part)
         os.replace(part, arm_dir / "cnn.pt")
         row = {**json.loads((src / "val.json").read_text()), "shared_from": str(src)}
