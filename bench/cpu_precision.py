@@ -2,8 +2,16 @@
 
 Rows (one run, the same model, prompts, seeds, scheduler, steps, batch and threads):
 ``torch/fp32``, ``torch/bf16``, ``onnx/fp32`` (today's CPU default, the ratio baseline),
-``openvino/fp32``, ``openvino/bf16``. A row this machine cannot run (no native bf16, runtime not
-installed) says so ("not run: ...") and is never timed: emulated bf16 is not the bf16 path.
+``openvino/fp32``, ``openvino/bf16``, and ``auto`` (``--backend auto --precision auto``, the
+default CPU path: what it picked is printed from the shards' provenance). A row this machine
+cannot run (no native bf16, runtime not installed) says so ("not run: ...") and is never timed:
+emulated bf16 is not the bf16 path.
+
+``auto`` measures every candidate once per machine and model (speed, memory and the image gate,
+``engine.diffusion.backends.select``) when a job is large enough to pay for it; the bench's jobs
+are not, so that measurement is made once before the rows (``--measure-auto``, its own
+subprocess, at the rows' job shape and threads: the cache key the ``auto`` job reads) and
+printed, as a farm's first large job would make it.
 
 Each row is a fresh job in its own subprocess (``--row``), so its peak RSS is its own (``VmHWM``
 of that process, whose memory map is new at exec; ``ru_maxrss`` would carry the parent's RSS at
@@ -30,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = ("torch/fp32", "torch/bf16", "onnx/fp32", "openvino/fp32", "openvino/bf16")
+ROWS = ("torch/fp32", "torch/bf16", "onnx/fp32", "openvino/fp32", "openvino/bf16", "auto")
 BASELINE = "onnx/fp32"
 SIZES = {"tiny": ("tiny", 32), "sd15": ("sd15", 512)}
 
@@ -53,22 +61,53 @@ def _model(work: Path, preset: str) -> Path:
     return out
 
 
+def _config(a: argparse.Namespace, row: str, out: Path):
+    from medfake.pipelines.synth import SynthConfig
+    backend, _, precision = row.partition("/")
+    return SynthConfig(a.model, a.real, str(out), per_class=a.per_class, steps=a.steps,
+                       batch_size=a.batch_size, backend=backend, precision=precision or "auto",
+                       threads=a.threads, image_size=a.image_size, samples_per_shard=64)
+
+
+def _made_with(out: Path) -> str:
+    """``backend/precision`` from the first sample's provenance in the job's shards."""
+    import tarfile
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if m.name.endswith(".json"):
+                    meta = json.load(tar.extractfile(m))
+                    return f"{meta['backend']}/{meta['precision']}"
+    raise RuntimeError(f"no sample in {out}")
+
+
 def _child(a: argparse.Namespace) -> None:
     """One row: one synth job; prints one JSON line."""
     import torch
     torch.set_num_threads(a.threads)
-    from medfake.pipelines.synth import SynthConfig, run_job
-    backend, _, precision = a.row.partition("/")
+    from medfake.pipelines.synth import run_job
     out = Path(a.work) / "jobs" / f"{a.row.replace('/', '-')}-{a.size}-{time.time_ns()}"
-    res = run_job(SynthConfig(a.model, a.real, str(out), per_class=a.per_class, steps=a.steps,
-                              batch_size=a.batch_size, backend=backend, precision=precision,
-                              threads=a.threads, image_size=a.image_size, samples_per_shard=64))
+    res = run_job(_config(a, a.row, out))
     assert res.complete, "job not complete"
+    made_with = _made_with(out)
     import shutil
     shutil.rmtree(out)
     print(json.dumps({"images": res.pool.images, "seconds": res.seconds,
                       "images_per_s": res.images_per_second, "load_s": res.load_seconds,
-                      "peak_rss_mb": _peak_rss_mb()}))
+                      "peak_rss_mb": _peak_rss_mb(), "made_with": made_with}))
+
+
+def _measure_auto(a: argparse.Namespace) -> None:
+    """``--backend auto``'s one-time measurement at the rows' job shape; prints its choice."""
+    import torch
+    torch.set_num_threads(a.threads)
+    from medfake.engine.diffusion.backends import choose_auto
+    from medfake.pipelines.models import prepare_export
+    from medfake.pipelines.synth import synth_job_shape
+    cfg = _config(a, "auto", Path(a.work) / "unused")
+    choice = choose_auto(a.model, synth_job_shape(cfg, a.image_size), precision="auto",
+                         prepare=prepare_export, threads=a.threads, allow_measure=True)
+    print(json.dumps({"choice": f"{choice.backend}/{choice.precision}", "why": choice.why}))
 
 
 def _peak_rss_mb() -> float:
@@ -83,6 +122,8 @@ def _peak_rss_mb() -> float:
 
 
 def _unavailable(row: str) -> str | None:
+    if row == "auto":
+        return None
     from medfake.engine.diffusion.backends import BACKENDS
     from medfake.engine.diffusion.backends.select import native_bf16
     backend, _, precision = row.partition("/")
@@ -105,10 +146,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "medfake" / "bench-cpu"))
     ap.add_argument("--row", help=argparse.SUPPRESS)
+    ap.add_argument("--measure-auto", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--real", help=argparse.SUPPRESS)
     ap.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.measure_auto:
+        _measure_auto(a)
+        return
     if a.row:
         _child(a)
         return
@@ -119,13 +164,20 @@ def main() -> None:
     preset, image_size = SIZES[a.size]
     real, model = _world(work), _model(work, preset)
     skip = {r: _unavailable(r) for r in a.rows}
-    if any(r.split("/")[0] in ("onnx", "openvino") and not skip[r] for r in a.rows):
+    if any(r.split("/")[0] in ("onnx", "openvino", "auto") and not skip[r] for r in a.rows):
         from medfake.pipelines.models import prepare_export
         prepare_export(str(model), "onnx", None)   # once, outside every row
     base = [sys.executable, __file__, "--size", a.size, "--per-class", str(a.per_class),
             "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--threads",
             str(a.threads), "--work", str(work), "--model", str(model), "--real", str(real),
             "--image-size", str(image_size)]
+    auto = None
+    if "auto" in a.rows:
+        p = subprocess.run([*base, "--measure-auto"], env=env, capture_output=True, text=True)
+        if p.returncode:
+            sys.exit(f"--backend auto's measurement failed:\n{p.stderr[-3000:]}")
+        auto = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"auto measured: {auto}", file=sys.stderr, flush=True)   # progress
     runs: dict[str, list[dict]] = {r: [] for r in a.rows if not skip[r]}
     for _ in range(a.rounds):
         for r in runs:
@@ -133,6 +185,7 @@ def main() -> None:
             if p.returncode:
                 sys.exit(f"row {r} failed:\n{p.stderr[-3000:]}")
             runs[r].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            print(f"{r}: {runs[r][-1]}", file=sys.stderr, flush=True)   # progress
     med = {r: statistics.median(x["images_per_s"] for x in v) for r, v in runs.items()}
     ref = med.get(BASELINE)
     n = 3 * a.per_class
@@ -147,7 +200,10 @@ def main() -> None:
             continue
         rss = max(x["peak_rss_mb"] for x in runs[r])
         ratio = f"{med[r] / ref:.2f}x" if ref else "n/a"
-        print(f"| {r} | {med[r]:.3g} | {ratio} | {rss:.0f} |")
+        name = r if r != "auto" else f"auto (made with {runs[r][0]['made_with']})"
+        print(f"| {name} | {med[r]:.3g} | {ratio} | {rss:.0f} |")
+    if auto:
+        print(f"\n--backend auto chose {auto['choice']}: {auto['why']}")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_AUTO_STREAMS = 4
+STREAM_BACKENDS = ("onnx", "openvino")   # CPU runtimes whose concurrent calls share the cores
 
 
 def resolve_streams(requested: int | None, backend: str, device: str, threads: int,
                     n_batches: int | None = None) -> int:
     """Streams for a job: ``requested`` when given (>= 1); otherwise one per thread for ONNX
-    Runtime on a CPU (up to ``MAX_AUTO_STREAMS``), else 1 (a GPU is fed by one stream; PyTorch
-    eager on a CPU is bound by Python, not by its threads).
+    Runtime and OpenVINO on a CPU (up to ``MAX_AUTO_STREAMS``), else 1 (a GPU is fed by one
+    stream; PyTorch eager on a CPU is bound by Python, not by its threads).
 
     The automatic count never exceeds ``n_batches``, the job's batches when known: a stream
     without a batch idles while holding its share of the threads (measured at SD 1.5 size, a
@@ -37,7 +38,7 @@ def resolve_streams(requested: int | None, backend: str, device: str, threads: i
         if requested < 1:
             raise ValueError(f"--streams must be >= 1, got {requested}")
         return requested
-    if backend == "onnx" and device == "cpu":
+    if backend in STREAM_BACKENDS and device == "cpu":
         n = max(1, min(threads, MAX_AUTO_STREAMS))
         return max(1, min(n, n_batches)) if n_batches is not None else n
     return 1

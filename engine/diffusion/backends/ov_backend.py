@@ -10,8 +10,13 @@ exporter. ``precision`` picks the CPU plugin's ``INFERENCE_PRECISION_HINT``:
 
 Each thread that calls the backend (one per ``--streams`` stream) gets its own infer requests,
 which OpenVINO requires: a request is not safe to use from two threads at once, a compiled
-model is. Tensors cross as numpy arrays; outputs are copied out of OpenVINO's buffers before
-the request is reused.
+model is. With ``streams`` > 1 the models are compiled in OpenVINO's throughput mode with that
+many OpenVINO streams of ``threads`` threads each (``NUM_STREAMS``, ``INFERENCE_NUM_THREADS``
+= streams x threads), so the concurrent requests of medfake's streams run side by side, each on
+its own threads, as ONNX Runtime's streams do; one stream is latency mode on all the threads.
+Tensors cross as numpy arrays; outputs are copied out of OpenVINO's buffers before the request
+is reused. ``unet_probe`` is the same UNet for ``engine.diffusion.calibrate``, which picks
+streams, threads and batch by measurement as it does for ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -46,14 +51,63 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
+def compile_config(precision: str, threads: int, streams: int = 1) -> dict:
+    """The CPU plugin's properties for ``streams`` concurrent requests of ``threads`` threads
+    each at ``precision`` (``fp32``/``bf16``, already resolved)."""
+    return {"INFERENCE_PRECISION_HINT": _HINT[precision],
+            "INFERENCE_NUM_THREADS": threads * streams,
+            "PERFORMANCE_HINT": "THROUGHPUT" if streams > 1 else "LATENCY",
+            "NUM_STREAMS": streams}
+
+
+def unet_probe(export_dir: str, threads: int, height: int, width: int, guidance: bool = True,
+               precision: str = "auto", total_threads: int | None = None):
+    """The export's UNet compiled by OpenVINO for ``total_threads // threads`` concurrent
+    streams of ``threads`` threads each, returned as ``run(batch)``: one UNet call at ``batch``
+    images of ``height`` x ``width`` px (doubled under guidance) on fixed random inputs. Safe
+    to call from several threads at once (one infer request per thread, as the backend's
+    streams). For ``engine.diffusion.calibrate``."""
+    cap.require_openvino("the openvino backend")
+    import openvino as ov
+
+    from .components import input_shapes
+    manifest = ExportManifest.load(export_dir, kind="onnx")
+    g = manifest.geometry
+    streams = max(1, (total_threads or threads) // threads)
+    compiled = ov.Core().compile_model(str(manifest.component_path(export_dir, "unet")), "CPU",
+                                       compile_config(resolve_precision(precision), threads,
+                                                      streams))
+    rng = np.random.default_rng(0)
+    feeds: dict[int, dict] = {}
+    lock = threading.Lock()
+    local = threading.local()
+
+    def run(batch: int):
+        with lock:
+            if batch not in feeds:
+                shapes = input_shapes("unet", g, 2 * batch if guidance else batch, height, width)
+                feeds[batch] = {k: rng.standard_normal(s, dtype=np.float32) if s
+                                else np.array(500.0, np.float32) for k, s in shapes.items()}
+            f = feeds[batch]
+        req = getattr(local, "request", None)
+        if req is None:
+            req = local.request = compiled.create_infer_request()
+        req.infer(f)
+        return req.get_output_tensor(0).data
+    return run
+
+
 class OpenVinoBackend:
     """The three networks (and the VAE encoder) as OpenVINO compiled models on the CPU."""
 
     name = "openvino"
 
-    def __init__(self, export_dir: str, precision: str = "auto", threads: int | None = None):
+    def __init__(self, export_dir: str, precision: str = "auto", threads: int | None = None,
+                 streams: int = 1):
         cap.require_openvino("the openvino backend")
         import openvino as ov
+        if streams < 1:
+            raise ValueError(f"OpenVINO streams must be >= 1, got {streams}")
         self.export_dir = Path(export_dir)
         self.manifest = ExportManifest.load(export_dir, kind="onnx")
         g = self.manifest.geometry
@@ -63,11 +117,8 @@ class OpenVinoBackend:
         self.device = torch.device("cpu")
         self.precision = resolve_precision(precision)
         self.threads = threads or torch.get_num_threads()
-        config = {"INFERENCE_PRECISION_HINT": _HINT[self.precision],
-                  "INFERENCE_NUM_THREADS": self.threads,
-                  # one request per stream, each on all of its threads: medfake's streams
-                  # already run batches concurrently, so OpenVINO's own streams stay at one
-                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        self.streams = streams
+        config = compile_config(self.precision, self.threads, streams)
         core = ov.Core()
         self.compiled = {}
         for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_deep",
@@ -80,8 +131,8 @@ class OpenVinoBackend:
             raise ValueError(f"{export_dir} lacks {sorted(missing)}; re-run `medfake export onnx`"
                              f" without --components")
         self._local = threading.local()
-        log.info("openvino backend: %s, precision %s, %d thread(s)", export_dir, self.precision,
-                 self.threads)
+        log.info("openvino backend: %s, precision %s, %d stream(s) x %d thread(s)", export_dir,
+                 self.precision, streams, self.threads)
 
     def _request(self, name: str):
         reqs = getattr(self._local, "requests", None)
