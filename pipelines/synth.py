@@ -329,6 +329,7 @@ def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...], measure: bool 
     from dataclasses import replace
     if cfg.backend != "auto":
         return replace(cfg, backend=resolve_backend(cfg.backend, cfg.model_dir, job))
+    import torch
     from filelock import FileLock
 
     from ..engine.core import capabilities as cap
@@ -337,8 +338,11 @@ def _resolve_auto(cfg: SynthConfig, job, counts: tuple[int, ...], measure: bool 
     from ..engine.diffusion.backends.select import candidates, worth_measuring
     from .models import prepare_export
     unet_calls = -(-sum(counts) // (cfg.batch_size or DEFAULT_BATCH_SIZE)) * cfg.steps
+    cands = candidates(cfg.precision)[0]
+    threads = cfg.threads or torch.get_num_threads()
     allow = measure and not cap.cuda().available and worth_measuring(
-        unet_calls, len(candidates(cfg.precision)[0]))
+        unet_calls, len(cands), stream_candidates=sum(
+            c.backend in STREAM_BACKENDS for c in cands) if threads > 1 else 0)
     with FileLock(str(cache_dir("locks") / "export.lock")):
         choice = choose_auto(cfg.model_dir, job, precision=cfg.precision, prepare=prepare_export,
                              threads=cfg.threads, allow_measure=allow)

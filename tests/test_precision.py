@@ -187,11 +187,50 @@ def test_auto_passes_over_a_candidate_that_fails_the_gate(micro, monkeypatch):
     assert (choice.backend, choice.precision) == ("torch", "bf16") and choice.rows[1].passed
 
 
+def test_auto_times_stream_runtimes_as_their_jobs_run_them(micro, monkeypatch):
+    """With 2 threads, ONNX Runtime is also timed as 2 concurrent single-thread streams (how a
+    calibrated job runs it); the better of its two times counts, so a runtime whose lead is its
+    streams is not misjudged by a one-stream measurement. torch has no stream rounds."""
+    from medfake.engine.diffusion.backends import select
+    from medfake.engine.diffusion.backends.components import JobShape
+    from medfake.pipelines.models import prepare_export
+    monkeypatch.setattr(select, "candidates", lambda precision="auto": (
+        [select.Candidate("torch", "fp32"), select.Candidate("onnx", "fp32")], []))
+    seen = []
+
+    def timer(cand, fn):
+        fn()
+        streams = getattr(fn, "streams", 1)
+        seen.append((cand.label, streams))
+        # one stream: torch 1.0 s, onnx 1.5 s per call; a round of 2 onnx streams: 1.6 s
+        return {("torch/fp32", 1): 1.0, ("onnx/fp32", 1): 1.5, ("onnx/fp32", 2): 1.6}[
+            (cand.label, streams)]
+    job = JobShape(2, 32, 32, True)
+    choice = select.choose(str(micro), "micro-streams", job, threads=2, calls=1, timer=timer,
+                           prepare=prepare_export)
+    assert sorted(seen) == [("onnx/fp32", 1), ("onnx/fp32", 2), ("torch/fp32", 1)]
+    rows = {r.candidate.label: r.seconds_per_call for r in choice.rows}
+    assert rows == {"torch/fp32": 1.0, "onnx/fp32": 0.8}   # 1.6 s per round of 2 calls
+    assert (choice.backend, choice.precision) == ("onnx", "fp32")
+    assert select._key(select.Candidate("onnx", "fp32"), job, 2, 1)["stream_rounds"] == 2
+    assert "stream_rounds" not in select._key(select.Candidate("torch", "fp32"), job, 2, 1)
+    # one thread: no stream rounds, the one-stream times decide
+    seen.clear()
+    one = select.choose(str(micro), "micro-streams", job, threads=1, calls=1, timer=timer,
+                        prepare=prepare_export)
+    assert sorted(seen) == [("onnx/fp32", 1), ("torch/fp32", 1)]
+    assert (one.backend, one.precision) == ("torch", "fp32")
+
+
 def test_auto_measures_only_jobs_that_pay_for_it():
     from medfake.engine.diffusion.backends import select
     cost = 4 * (select.GATE_STEPS + select.CALLS + 1)
     assert not select.worth_measuring(select.WORTH_FACTOR * cost - 1, 4)
     assert select.worth_measuring(select.WORTH_FACTOR * cost, 4)
+    streams = 2 * (select.CALLS + 1)   # two candidates that also time stream rounds
+    assert not select.worth_measuring(select.WORTH_FACTOR * cost, 4, stream_candidates=2)
+    assert select.worth_measuring(select.WORTH_FACTOR * (cost + streams), 4,
+                                  stream_candidates=2)
 
 
 # ------------------------------------------------------------ medfake bench precision-gate
@@ -247,6 +286,7 @@ def test_synth_auto_runs_the_cached_choice_and_records_it(micro, small_world, tm
     from medfake.engine.diffusion.backends import select, source_hash
     from medfake.pipelines.synth import SynthConfig, run_job, synth_job_shape
     monkeypatch.setattr(cap, "cpu_bf16", lambda: NONE)
+    monkeypatch.setattr(cap, "openvino_bf16", lambda: False)
     _, hospital = small_world
     cfg = SynthConfig(str(micro), str(hospital), str(tmp_path / "auto"), per_class=1, steps=2,
                       batch_size=2, backend="auto", threads=1)

@@ -145,29 +145,35 @@ def choose(table: dict[str, float], shard_sizes: list[int], threads: int,
     return Choice(best, best_t, why)
 
 
+def run_round(run: Callable[[int], Any], streams: int, batch: int) -> None:
+    """One round: ``streams`` threads each making one ``run(batch)`` call at once (the first
+    error is re-raised here)."""
+    if streams == 1:
+        run(batch)
+        return
+    errors: list[BaseException] = []
+
+    def go():
+        try:
+            run(batch)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            errors.append(e)
+    ts = [threading.Thread(target=go) for _ in range(streams)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def measure_round(run: Callable[[int], Any], streams: int, batch: int,
                   timer: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds for one round: ``streams`` threads each making one ``run(batch)`` call at once.
-    One warm-up round, then rounds until ``MIN_MEASURE_S`` or ``MAX_ROUNDS``; the fastest
-    round counts (on a shared machine other work only ever slows a round down)."""
+    """Seconds for one round (``run_round``). One warm-up round, then rounds until
+    ``MIN_MEASURE_S`` or ``MAX_ROUNDS``; the fastest round counts (on a shared machine other
+    work only ever slows a round down)."""
     def one_round() -> None:
-        if streams == 1:
-            run(batch)
-            return
-        errors: list[BaseException] = []
-
-        def go():
-            try:
-                run(batch)
-            except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-                errors.append(e)
-        ts = [threading.Thread(target=go) for _ in range(streams)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        if errors:
-            raise errors[0]
+        run_round(run, streams, batch)
 
     one_round()   # warm-up: first-call allocations and lazy initialisation
     best, start = float("inf"), timer()
