@@ -8,9 +8,10 @@ exporter. ``precision`` picks the CPU plugin's ``INFERENCE_PRECISION_HINT``:
   refused with one clear error on a CPU without it, where OpenVINO would emulate it slowly;
 - ``auto``: bf16 where the CPU has it natively, else fp32.
 
-Each thread that calls the backend (one per ``--streams`` stream) gets its own infer requests,
-which OpenVINO requires: a request is not safe to use from two threads at once, a compiled
-model is. With ``streams`` > 1 the models are compiled in OpenVINO's throughput mode with that
+Each call takes an infer request of its own from the backend's pool (one per concurrent
+caller, so one per ``--streams`` stream), which OpenVINO requires: a request is not safe to use
+from two threads at once, a compiled model is. The pool, not the calling threads, owns the
+requests, so they are released with the backend, never by a worker thread's exit. With ``streams`` > 1 the models are compiled in OpenVINO's throughput mode with that
 many OpenVINO streams of ``threads`` threads each (``NUM_STREAMS``, ``INFERENCE_NUM_THREADS``
 = streams x threads), so the concurrent requests of medfake's streams run side by side, each on
 its own threads, as ONNX Runtime's streams do; one stream is latency mode on all the threads.
@@ -80,7 +81,7 @@ def unet_probe(export_dir: str, threads: int, height: int, width: int, guidance:
     rng = np.random.default_rng(0)
     feeds: dict[int, dict] = {}
     lock = threading.Lock()
-    local = threading.local()
+    idle: list = []   # infer requests not in use: one per concurrent caller, owned by the probe
 
     def run(batch: int):
         with lock:
@@ -89,11 +90,13 @@ def unet_probe(export_dir: str, threads: int, height: int, width: int, guidance:
                 feeds[batch] = {k: rng.standard_normal(s, dtype=np.float32) if s
                                 else np.array(500.0, np.float32) for k, s in shapes.items()}
             f = feeds[batch]
-        req = getattr(local, "request", None)
-        if req is None:
-            req = local.request = compiled.create_infer_request()
-        req.infer(f)
-        return req.get_output_tensor(0).data
+            req = idle.pop() if idle else compiled.create_infer_request()
+        try:
+            req.infer(f)
+            return np.array(req.get_output_tensor(0).data, copy=True)
+        finally:
+            with lock:
+                idle.append(req)
     return run
 
 
@@ -130,32 +133,32 @@ class OpenVinoBackend:
         if missing:
             raise ValueError(f"{export_dir} lacks {sorted(missing)}; re-run `medfake export onnx`"
                              f" without --components")
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: dict[str, list] = {name: [] for name in self.compiled}
         log.info("openvino backend: %s, precision %s, %d stream(s) x %d thread(s)", export_dir,
                  self.precision, streams, self.threads)
-
-    def _request(self, name: str):
-        reqs = getattr(self._local, "requests", None)
-        if reqs is None:
-            reqs = self._local.requests = {}
-        if name not in reqs:
-            reqs[name] = self.compiled[name].create_infer_request()
-        return reqs[name]
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run_all(name, feeds)[0]
 
     def _run_all(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Every output of ``name``, copied out of OpenVINO's buffers."""
-        req = self._request(name)
+        """Every output of ``name``, copied out of OpenVINO's buffers before the request goes
+        back to the pool."""
         arrays = {}
         for k, v in feeds.items():   # not np.ascontiguousarray: it turns a 0-d timestep 1-d
             a = v.detach().cpu().numpy()
             arrays[k] = a if a.flags.c_contiguous else a.copy()
-        req.infer(arrays)
-        return [torch.from_numpy(np.array(req.get_output_tensor(i).data, dtype=np.float32,
-                                          copy=True))
-                for i in range(len(self.compiled[name].outputs))]
+        with self._lock:
+            idle = self._idle[name]
+            req = idle.pop() if idle else self.compiled[name].create_infer_request()
+        try:
+            req.infer(arrays)
+            return [torch.from_numpy(np.array(req.get_output_tensor(i).data, dtype=np.float32,
+                                              copy=True))
+                    for i in range(len(self.compiled[name].outputs))]
+        finally:
+            with self._lock:
+                self._idle[name].append(req)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._run("text_encoder", {"input_ids": input_ids.to(torch.int64)})
