@@ -43,10 +43,8 @@ def test_openvino_fp32_matches_torch_and_onnx_runtime(tiny, exported):
     assert torch.allclose(ov.backend.vae_encode(img), ort.backend.vae_encode(img), atol=1e-4)
 
 
-def test_openvino_streams_use_their_own_infer_requests(exported):
-    """Two threads on one backend (as `--streams 2` runs) give what one thread gives."""
-    model = load_model(str(exported), "openvino", precision="fp32", threads=1)
-    alone = [model.sampler(CFG).generate([p], [s], output="float") for p, s in zip(PROMPTS, SEEDS)]
+def on_two_threads(model) -> dict[int, np.ndarray]:
+    """Each of two threads samples one prompt/seed of PROMPTS/SEEDS at once on ``model``."""
     got: dict[int, np.ndarray] = {}
 
     def work(i: int) -> None:
@@ -57,6 +55,14 @@ def test_openvino_streams_use_their_own_infer_requests(exported):
         t.start()
     for t in threads:
         t.join()
+    return got
+
+
+def test_openvino_streams_use_their_own_infer_requests(exported):
+    """Two threads on one backend (as `--streams 2` runs) give what one thread gives."""
+    model = load_model(str(exported), "openvino", precision="fp32", threads=1)
+    alone = [model.sampler(CFG).generate([p], [s], output="float") for p, s in zip(PROMPTS, SEEDS)]
+    got = on_two_threads(model)
     for i in range(2):
         assert np.array_equal(got[i], alone[i])
 
@@ -121,16 +127,7 @@ def test_throughput_streams_give_what_one_stream_gives(exported):
     two = load_model(str(exported), "openvino", precision="fp32", threads=1, streams=2)
     assert two.backend.streams == 2
     alone = [one.sampler(CFG).generate([p], [s], output="float") for p, s in zip(PROMPTS, SEEDS)]
-    got: dict[int, np.ndarray] = {}
-
-    def work(i: int) -> None:
-        got[i] = two.sampler(CFG).generate([PROMPTS[i]], [SEEDS[i]], output="float")
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = on_two_threads(two)
     for i in range(2):
         assert np.abs(got[i] - alone[i]).max() < 1e-4
     with pytest.raises(ValueError, match="streams"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -278,3 +279,23 @@ def profile_misfit(profile: dict[str, list], shapes: dict[str, Shape]) -> str | 
         if len(lo) != len(shape) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
             return f"input {name} shape {tuple(shape)} is outside the profile {lo}..{hi}"
     return None
+
+
+def probe_feeds(g: ModelGeometry, height: int, width: int, guidance: bool
+                ) -> Callable[[int], dict[str, np.ndarray]]:
+    """``feeds(batch)``: fixed random UNet inputs for ``batch`` images of ``height`` x ``width``
+    px (doubled under guidance), made once per batch and shared by the threads that ask (the
+    calibration probes of ONNX Runtime and OpenVINO)."""
+    import threading
+    rng = np.random.default_rng(0)
+    made: dict[int, dict[str, np.ndarray]] = {}
+    lock = threading.Lock()
+
+    def feeds(batch: int) -> dict[str, np.ndarray]:
+        with lock:
+            if batch not in made:
+                shapes = input_shapes("unet", g, 2 * batch if guidance else batch, height, width)
+                made[batch] = {k: rng.standard_normal(s, dtype=np.float32) if s
+                               else np.array(500.0, np.float32) for k, s in shapes.items()}
+            return made[batch]
+    return feeds

@@ -27,14 +27,19 @@ Contracts a GPU run relies on:
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .components import DEEP_CACHE_COMPONENTS, JobShape, input_shapes, job_input_shapes
+from .components import (
+    DEEP_CACHE_COMPONENTS,
+    JobShape,
+    input_shapes,
+    job_input_shapes,
+    probe_feeds,
+)
 from .manifest import ExportManifest
 from ...core import capabilities as cap
 
@@ -169,18 +174,10 @@ def unet_probe(export_dir: str, threads: int, height: int, width: int, guidance:
     g = manifest.geometry
     sess = ort.InferenceSession(str(manifest.component_path(export_dir, "unet")),
                                 session_options(threads), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds: dict[int, dict] = {}
-    lock = threading.Lock()
+    feeds = probe_feeds(g, height, width, guidance)
 
     def run(batch: int):
-        with lock:
-            if batch not in feeds:
-                shapes = input_shapes("unet", g, 2 * batch if guidance else batch, height, width)
-                feeds[batch] = {k: rng.standard_normal(s, dtype=np.float32) if s
-                                else np.array(500.0, np.float32) for k, s in shapes.items()}
-            f = feeds[batch]
-        return sess.run(None, f)[0]
+        return sess.run(None, feeds(batch))[0]
     return run
 
 

@@ -71,25 +71,20 @@ def unet_probe(export_dir: str, threads: int, height: int, width: int, guidance:
     cap.require_openvino("the openvino backend")
     import openvino as ov
 
-    from .components import input_shapes
+    from .components import probe_feeds
     manifest = ExportManifest.load(export_dir, kind="onnx")
     g = manifest.geometry
     streams = max(1, (total_threads or threads) // threads)
     compiled = ov.Core().compile_model(str(manifest.component_path(export_dir, "unet")), "CPU",
                                        compile_config(resolve_precision(precision), threads,
                                                       streams))
-    rng = np.random.default_rng(0)
-    feeds: dict[int, dict] = {}
+    feeds = probe_feeds(g, height, width, guidance)
     lock = threading.Lock()
     idle: list = []   # infer requests not in use: one per concurrent caller, owned by the probe
 
     def run(batch: int):
+        f = feeds(batch)
         with lock:
-            if batch not in feeds:
-                shapes = input_shapes("unet", g, 2 * batch if guidance else batch, height, width)
-                feeds[batch] = {k: rng.standard_normal(s, dtype=np.float32) if s
-                                else np.array(500.0, np.float32) for k, s in shapes.items()}
-            f = feeds[batch]
             req = idle.pop() if idle else compiled.create_infer_request()
         try:
             req.infer(f)
