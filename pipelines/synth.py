@@ -229,8 +229,7 @@ def synth_job_shape(cfg: SynthConfig, size: int):
 
 
 def _calibrates(cfg: SynthConfig) -> bool:
-    """Automatic streams or batch on ONNX Runtime or OpenVINO on a CPU, with a measuring
-    budget."""
+    """Automatic streams or batch on ONNX Runtime on a CPU, with a measuring budget."""
     from ..engine.core import capabilities as cap
     return (cfg.backend in STREAM_BACKENDS and (cfg.streams is None or cfg.batch_size is None)
             and cfg.calibration_budget > 0 and not cap.cuda().available)
@@ -242,10 +241,9 @@ def resolve_settings(cfg: SynthConfig, size: int, shard_sizes: list[int], model_
     in for a job whose shards to do hold ``shard_sizes`` samples, and why (None: nothing
     was automatic or the rule applies: ``load_samplers`` says why).
 
-    ONNX Runtime or OpenVINO on a CPU with ``--streams`` or ``--batch-size`` left automatic: a
-    short measurement on the job's model, size and guidance (``engine.diffusion.calibrate``,
-    cached per model hash, machine, backend and precision); elsewhere batch
-    ``DEFAULT_BATCH_SIZE``."""
+    ONNX Runtime on a CPU with ``--streams`` or ``--batch-size`` left automatic: a short
+    measurement on the job's model, size and guidance (``engine.diffusion.calibrate``, cached
+    per model hash, machine and backend); elsewhere batch ``DEFAULT_BATCH_SIZE``."""
     from dataclasses import replace
     if not _calibrates(cfg):
         return replace(cfg, batch_size=cfg.batch_size or DEFAULT_BATCH_SIZE), None
@@ -253,7 +251,7 @@ def resolve_settings(cfg: SynthConfig, size: int, shard_sizes: list[int], model_
     from filelock import FileLock
 
     from ..engine.core.paths import cache_dir
-    from ..engine.diffusion.backends import ort_backend, ov_backend
+    from ..engine.diffusion.backends.ort_backend import unet_probe
     from ..engine.diffusion.calibrate import calibrate
     from ..engine.diffusion.sampler import uses_cfg
     from .models import prepare_export
@@ -261,18 +259,10 @@ def resolve_settings(cfg: SynthConfig, size: int, shard_sizes: list[int], model_
     with FileLock(str(cache_dir("locks") / "export.lock")):
         export_dir = prepare_export(cfg.model_dir, "onnx")
     guidance = uses_cfg(cfg.guidance_scale)
-    if cfg.backend == "openvino":
-        precision = ov_backend.resolve_precision(cfg.precision)
-        key = {"backend": "openvino", "precision": precision, "size": size, "guidance": guidance}
+    key = {"backend": "onnx", "provider": "cpu", "size": size, "guidance": guidance}
 
-        def probe(t: int):
-            return ov_backend.unet_probe(export_dir, t, size, size, guidance, precision,
-                                         total_threads=threads)
-    else:
-        key = {"backend": "onnx", "provider": "cpu", "size": size, "guidance": guidance}
-
-        def probe(t: int):
-            return ort_backend.unet_probe(export_dir, t, size, size, guidance)
+    def probe(t: int):
+        return unet_probe(export_dir, t, size, size, guidance)
     choice = calibrate(probe, shard_sizes, threads, model_hash, key,
                        budget_s=cfg.calibration_budget, steps=cfg.steps,
                        batch=cfg.batch_size, streams=cfg.streams)
@@ -305,7 +295,7 @@ def load_samplers(cfg: SynthConfig, size: int, n_batches: int | None = None,
     else:
         opts = {"threads": per_stream} if cfg.backend in ("onnx", "openvino") else {}
         if cfg.backend == "openvino":
-            opts.update(precision=cfg.precision, streams=streams)
+            opts["precision"] = cfg.precision
         with FileLock(str(cache_dir("locks") / "export.lock")):
             model = load_model(cfg.model_dir, cfg.backend, job=job, **opts)
     scfg = sampler_config(cfg, size)

@@ -133,10 +133,10 @@ def _load_onnx(path: str, provider: str = "auto", threads: int | None = None,
 
 def _load_openvino(path: str, precision: str = "auto", threads: int | None = None,
                    prepare: Prepare | None = None, job: JobShape | None = None,
-                   streams: int = 1, **_) -> LoadedModel:
+                   **_) -> LoadedModel:
     from .ov_backend import OpenVinoBackend
     p = _prepared(path, "onnx", prepare, job)
-    b = OpenVinoBackend(str(p), precision=precision, threads=threads, streams=streams)
+    b = OpenVinoBackend(str(p), precision=precision, threads=threads)
     tok, sched = _tokenizer_and_scheduler(p)
     return LoadedModel(b, tok, sched, b.manifest.source_hash, "openvino",
                        {"export_dir": str(p), "precision": b.precision})

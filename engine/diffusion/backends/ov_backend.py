@@ -11,13 +11,11 @@ exporter. ``precision`` picks the CPU plugin's ``INFERENCE_PRECISION_HINT``:
 Each call takes an infer request of its own from the backend's pool (one per concurrent
 caller, so one per ``--streams`` stream), which OpenVINO requires: a request is not safe to use
 from two threads at once, a compiled model is. The pool, not the calling threads, owns the
-requests, so they are released with the backend, never by a worker thread's exit. With ``streams`` > 1 the models are compiled in OpenVINO's throughput mode with that
-many OpenVINO streams of ``threads`` threads each (``NUM_STREAMS``, ``INFERENCE_NUM_THREADS``
-= streams x threads), so the concurrent requests of medfake's streams run side by side, each on
-its own threads, as ONNX Runtime's streams do; one stream is latency mode on all the threads.
-Tensors cross as numpy arrays; outputs are copied out of OpenVINO's buffers before the request
-is reused. ``unet_probe`` is the same UNet for ``engine.diffusion.calibrate``, which picks
-streams, threads and batch by measurement as it does for ONNX Runtime.
+requests, so they are released with the backend, never by a worker thread's exit. OpenVINO's
+own streams stay at one (latency mode on all the threads): its throughput mode (several
+OpenVINO streams) crashed the test process later (SIGSEGV, 2026-12-02), so concurrent callers
+share that one stream. Tensors cross as numpy arrays; outputs are copied out of OpenVINO's
+buffers before the request is reused.
 """
 from __future__ import annotations
 
@@ -52,47 +50,11 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
-def compile_config(precision: str, threads: int, streams: int = 1) -> dict:
-    """The CPU plugin's properties for ``streams`` concurrent requests of ``threads`` threads
-    each at ``precision`` (``fp32``/``bf16``, already resolved)."""
-    return {"INFERENCE_PRECISION_HINT": _HINT[precision],
-            "INFERENCE_NUM_THREADS": threads * streams,
-            "PERFORMANCE_HINT": "THROUGHPUT" if streams > 1 else "LATENCY",
-            "NUM_STREAMS": streams}
-
-
-def unet_probe(export_dir: str, threads: int, height: int, width: int, guidance: bool = True,
-               precision: str = "auto", total_threads: int | None = None):
-    """The export's UNet compiled by OpenVINO for ``total_threads // threads`` concurrent
-    streams of ``threads`` threads each, returned as ``run(batch)``: one UNet call at ``batch``
-    images of ``height`` x ``width`` px (doubled under guidance) on fixed random inputs. Safe
-    to call from several threads at once (one infer request per thread, as the backend's
-    streams). For ``engine.diffusion.calibrate``."""
-    cap.require_openvino("the openvino backend")
-    import openvino as ov
-
-    from .components import probe_feeds
-    manifest = ExportManifest.load(export_dir, kind="onnx")
-    g = manifest.geometry
-    streams = max(1, (total_threads or threads) // threads)
-    compiled = ov.Core().compile_model(str(manifest.component_path(export_dir, "unet")), "CPU",
-                                       compile_config(resolve_precision(precision), threads,
-                                                      streams))
-    feeds = probe_feeds(g, height, width, guidance)
-    lock = threading.Lock()
-    idle: list = []   # infer requests not in use: one per concurrent caller, owned by the probe
-
-    def run(batch: int):
-        f = feeds(batch)
-        with lock:
-            req = idle.pop() if idle else compiled.create_infer_request()
-        try:
-            req.infer(f)
-            return np.array(req.get_output_tensor(0).data, copy=True)
-        finally:
-            with lock:
-                idle.append(req)
-    return run
+def compile_config(precision: str, threads: int) -> dict:
+    """The CPU plugin's properties: one OpenVINO stream of ``threads`` threads at ``precision``
+    (``fp32``/``bf16``, already resolved)."""
+    return {"INFERENCE_PRECISION_HINT": _HINT[precision], "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
 
 
 class OpenVinoBackend:
@@ -100,12 +62,9 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, export_dir: str, precision: str = "auto", threads: int | None = None,
-                 streams: int = 1):
+    def __init__(self, export_dir: str, precision: str = "auto", threads: int | None = None):
         cap.require_openvino("the openvino backend")
         import openvino as ov
-        if streams < 1:
-            raise ValueError(f"OpenVINO streams must be >= 1, got {streams}")
         self.export_dir = Path(export_dir)
         self.manifest = ExportManifest.load(export_dir, kind="onnx")
         g = self.manifest.geometry
@@ -115,8 +74,7 @@ class OpenVinoBackend:
         self.device = torch.device("cpu")
         self.precision = resolve_precision(precision)
         self.threads = threads or torch.get_num_threads()
-        self.streams = streams
-        config = compile_config(self.precision, self.threads, streams)
+        config = compile_config(self.precision, self.threads)
         core = ov.Core()
         self.compiled = {}
         for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_deep",
@@ -130,8 +88,8 @@ class OpenVinoBackend:
                              f" without --components")
         self._lock = threading.Lock()
         self._idle: dict[str, list] = {name: [] for name in self.compiled}
-        log.info("openvino backend: %s, precision %s, %d stream(s) x %d thread(s)", export_dir,
-                 self.precision, streams, self.threads)
+        log.info("openvino backend: %s, precision %s, %d thread(s)", export_dir, self.precision,
+                 self.threads)
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run_all(name, feeds)[0]

@@ -16,8 +16,8 @@ included, and image size; all the given threads):
    images of the first fp32 candidate measured (the reference);
 3. ``calls`` timed UNet calls after one warm-up: the median seconds per call;
 4. the peak resident memory seen while it was loaded and ran (sampled every 20 ms);
-5. for the runtimes whose jobs run concurrent streams (ONNX Runtime, OpenVINO) with more than
-   one thread: ``calls`` timed rounds (after one warm-up) of ``threads`` concurrent
+5. for the runtime whose jobs run concurrent streams (ONNX Runtime) with more than one
+   thread: ``calls`` timed rounds (after one warm-up) of ``threads`` concurrent
    single-thread UNet calls on the calibration probe (``unet_probe``), the way a calibrated
    job runs them; a round's time over ``threads`` is its seconds per call, and the candidate's
    time is the better of the two. Without it a small model is misjudged: on the tiny preset
@@ -231,12 +231,8 @@ def _stream_seconds(export_dir: str, cand: Candidate, job, threads: int, calls: 
     """Seconds per UNet call when ``threads`` single-thread streams call at once (step 5 of
     the module doc): the median of ``calls`` rounds after a warm-up, over ``threads``."""
     from ..calibrate import run_round
-    from . import ort_backend, ov_backend
-    if cand.backend == "openvino":
-        run = ov_backend.unet_probe(export_dir, 1, job.height, job.width, job.guidance,
-                                    cand.precision, total_threads=threads)
-    else:
-        run = ort_backend.unet_probe(export_dir, 1, job.height, job.width, job.guidance)
+    from .ort_backend import unet_probe
+    run = unet_probe(export_dir, 1, job.height, job.width, job.guidance)
 
     def one_round() -> None:
         run_round(run, threads, job.batch)
