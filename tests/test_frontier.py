@@ -29,7 +29,9 @@ def test_frontier_sweeps_writes_and_resumes(small_world, tmp_path, monkeypatch, 
     with (tmp_path / "f" / "frontier.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["key"] for r in rows] == keys
-    assert all(float(r["images_per_s"]) > 0 and float(r["fd_pixel"]) > 0 for r in rows)
+    assert all(float(r["images_per_s"]) > 0 and float(r["fd_pixel"]) > 0
+               and float(r["test_fd_pixel"]) > 0 for r in rows)
+    assert summary["rows"][0]["accuracy_seeds"] and summary["rows"][0]["test_accuracy_seeds"]
     assert (tmp_path / "f" / "frontier.png").stat().st_size > 0
     assert "accuracy_mean" in summary["rows"][0]          # the baseline always trains the CNN
     assert summary["recommended"] in keys and "frontier" in capsys.readouterr().out
@@ -45,6 +47,8 @@ def test_frontier_sweeps_writes_and_resumes(small_world, tmp_path, monkeypatch, 
 
 
 def test_frontier_refuses_bad_grids():
+    with pytest.raises(ValueError, match="tuned on test"):
+        FrontierConfig(model_dir="m", real_dataset="r", select_split="test").check()
     with pytest.raises(ValueError, match="unknown scheduler"):
         FrontierConfig(model_dir="m", real_dataset="r", schedulers=("nope",)).check()
     with pytest.raises(ValueError, match="cfg-cutoffs"):
@@ -60,12 +64,17 @@ def test_recommendation_needs_fd_recall_and_accuracy(tmp_path, monkeypatch):
     accs = {"dpm++-s20-c1-k1": [0.50, 0.52, 0.54], "dpm++-s20-c1-k3": [0.50, 0.50, 0.52],
             "dpm++-s10-c1-k1": [0.40, 0.41, 0.42], "dpm++-s10-c1-k3": [0.45, 0.46, 0.47]}
 
+    test_fd = {}     # the eval (test) split's FD where it differs from val's
+
     def measure(self, s):
         v, f, r = fake[s.key]
-        return {"key": s.key, "images_per_s": v, "images_per_cpu_s": v / 2, "fd_pixel": f,
-                "precision_pixel": 0.9, "recall_pixel": r}
+        q = {"fd_pixel": f, "precision_pixel": 0.9, "recall_pixel": r}
+        return {"key": s.key, "images_per_s": v, "images_per_cpu_s": v / 2, **q,
+                **{f"test_{k}": test_fd.get(s.key, x) if k == "fd_pixel" else x
+                   for k, x in q.items()}}
     monkeypatch.setattr(fr.Frontier, "measure", measure)
-    monkeypatch.setattr(fr.Frontier, "downstream", lambda self, s: accs[s.key])
+    monkeypatch.setattr(fr.Frontier, "downstream",
+                        lambda self, s: {"val": accs[s.key], "test": accs[s.key]})
     base = {"model_dir": "m", "real_dataset": "r", "schedulers": ("dpm++",), "steps": (20, 10),
             "cfg_cutoffs": (1.0,), "cache_intervals": (1, 3), "downstream_top": 2}
     s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "a"))).run()
@@ -78,6 +87,14 @@ def test_recommendation_needs_fd_recall_and_accuracy(tmp_path, monkeypatch):
     accs["dpm++-s10-c1-k1"] = [0.50, 0.52, 0.53]
     s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "b"))).run()
     assert s["recommended"] == "dpm++-s10-c1-k1" and s["target_met"]
+    assert s["holds_on_eval_split"] and s["select_split"] == "val"
+    # chosen on val, judged on test: a choice whose test FD is 10% worse is reported as failing
+    test_fd["dpm++-s10-c1-k1"] = 11.0
+    s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "b2"))).run()
+    assert s["recommended"] == "dpm++-s10-c1-k1"                      # val decides the choice
+    assert not s["holds_on_eval_split"] and not s["target_met"]       # test reports it
+    assert "does NOT hold" not in fr.markdown_table(s) and "test: FD" in fr.markdown_table(s)
+    test_fd.clear()
     s = fr.Frontier(FrontierConfig(**base, out_dir=str(tmp_path / "c"), recall_tolerance=0.2,
                                    speed="cpu")).run()
     assert s["recommended"] == "dpm++-s20-c1-k3"                       # recall 0.10 < 0.16

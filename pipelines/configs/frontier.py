@@ -15,8 +15,10 @@ class FrontierConfig(JobConfig):
     """A quality-cost sweep: every combination of ``schedulers`` x ``steps`` x ``cfg_cutoffs``
     x ``cache_intervals`` (plus the baseline, 20-step DPM++ with guidance on every step and no
     caching) is synthesised as a ``medfake synth`` job of ``per_class`` images per class, timed,
-    and scored against the real held-out split; the ``downstream_top`` best settings on the
-    frontier (and the baseline) also train the small CNN at k-shot over ``downstream_seeds``."""
+    and scored against two real held-out splits: the recommendation is chosen on
+    ``select_split`` (val) and reported on ``eval_split`` (test); the ``downstream_top`` best
+    settings on the frontier (and the baseline) also train the small CNN at k-shot over
+    ``downstream_seeds``, scored on both splits."""
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -44,7 +46,10 @@ class FrontierConfig(JobConfig):
     seed: int = option(0, "synthesis seed")
     encoders: tuple[str, ...] = option(("pixel",), "feature spaces for FD and precision/recall "
                                        "(pixel, pixel:SIZE, clip:PATH); the first ranks settings")
-    eval_split: str = option("test", "real held-out split for quality and accuracy")
+    select_split: str = option("val", "real held-out split the recommendation is chosen on "
+                               "(FD, recall, CNN accuracy); never the split it is reported on")
+    eval_split: str = option("test", "real held-out split the results are reported on (every "
+                             "setting's FD/precision/recall, the CNN accuracy of those trained)")
     speed: str = option("wall", "what ranks the settings: wall (images/s) or cpu (images per "
                         "CPU second: robust on a shared machine with --threads 1)",
                         choices=("wall", "cpu"))
@@ -71,6 +76,10 @@ class FrontierConfig(JobConfig):
             raise ValueError("--cfg-cutoffs are fractions of the steps in [0, 1]")
         if self.recall_tolerance is not None and not 0 <= self.recall_tolerance <= 1:
             raise ValueError("--recall-tolerance is a fraction in [0, 1]")
+        if self.select_split == self.eval_split:
+            raise ValueError(f"--select-split and --eval-split are both {self.eval_split!r}: "
+                             "a setting chosen on the split it is reported on is tuned on "
+                             "test; choose on another held-out split (default: val)")
         if self.per_class < 2 or self.tolerance < 0 or not self.downstream_seeds:
             raise ValueError("--per-class must be >= 2, --tolerance >= 0, and at least one "
                              "--downstream-seeds")
