@@ -249,10 +249,11 @@ class Frontier:
         ev = f"{c.eval_split}_"
         for i in tqdm([0, *picks], desc="downstream CNN", unit="setting"):
             accs = self.downstream(grid[i])
-            for sp, pre in ((c.select_split, ""), (c.eval_split, ev)):
-                mean, lo, hi = seed_ci(accs[sp])
+            for split, pre in ((c.select_split, ""), (c.eval_split, ev)):
+                mean, lo, hi = seed_ci(accs[split])
                 rows[i].update({f"{pre}accuracy_mean": mean, f"{pre}accuracy_ci_low": lo,
-                                f"{pre}accuracy_ci_high": hi, f"{pre}accuracy_seeds": accs[sp]})
+                                f"{pre}accuracy_ci_high": hi,
+                                f"{pre}accuracy_seeds": accs[split]})
         b_lo = base["accuracy_ci_low"]
         for i, r in enumerate(rows):
             r["on_frontier"] = i in front
@@ -274,7 +275,7 @@ class Frontier:
         for r in rows:
             r[f"{ev}fd_ratio"] = r[ev + fd] / base[ev + fd] if base[ev + fd] else math.nan
         summary = {"baseline": base["key"], "recommended": rec["key"],
-                   "recommended_speedup": rec["speedup"], "fd_space": fd, "speed": sp,
+                   "recommended_speedup": rec["speedup"], "fd_space": fd, "speed": c.speed,
                    "select_split": c.select_split, "eval_split": c.eval_split,
                    "tolerance": c.tolerance, "recall_tolerance": c.recall_tolerance,
                    "frontier": [rows[i]["key"] for i in front],

@@ -99,3 +99,5 @@ def test_recommendation_needs_fd_recall_and_accuracy(tmp_path, monkeypatch):
                                    speed="cpu")).run()
     assert s["recommended"] == "dpm++-s20-c1-k3"                       # recall 0.10 < 0.16
     assert (tmp_path / "c" / "frontier.png").is_file()
+    # the table names the speed it ranks by (a loop over the splits once overwrote the label)
+    assert s["speed"] == "cpu" and "speed-up (cpu)" in fr.markdown_table(s)
