@@ -13,6 +13,10 @@ installed here, the same images on that path:
 - native TensorRT fp16 and fp32 (TF32) from a dynamic profile, also at a size and batch other
   than the export's;
 - inpainting (latent-replacement, plain UNet) on each of those;
+- the mass-synthesis sampler options (CFG truncation after half the steps + DeepCache every 3rd
+  step, ``FAST``) on torch fp16, the ORT CUDA EP and native TensorRT fp16, each against the
+  torch fp32 reference *with the same options*; the ONNX/TensorRT rows run the second exported
+  graph (the shallow pass, ``OnnxExportConfig(deep_cache=True)``);
 - the fused Triton GroupNorm+SiLU kernel on CUDA vs its PyTorch definition;
 - DreamBooth LoRA, 20 steps, fp16 and bf16 (8-bit Adam when bitsandbytes is installed);
 - CLIP pretraining, 20 steps, DeepSpeed ZeRO-2 on NCCL, world size 1 (and 2 ranks with 2 GPUs);
@@ -53,6 +57,9 @@ log = logging.getLogger("gpu_acceptance")
 
 # max |image - fp32 reference| (images in [0, 1]) accepted per path precision
 BOUNDS = {"fp32": 2e-2, "tf32": 6e-2, "fp16": 0.15, "bf16": 0.25}
+# the mass-synthesis sampler options the FAST rows run (SamplerConfig fields; the frontier's
+# 2026-12-03 recommendation on the embedded generator used the same two)
+FAST = {"cfg_cutoff": 0.5, "deep_cache_interval": 3}
 PROMPTS = ["a CT image of a liver cyst", "an MRI of a brain tumour", "a chest x-ray",
            "a CT image of a kidney stone"]
 RAN, NOT_INSTALLED, SKIPPED, FAILED = "ran", "not installed", "skipped", "failed"
@@ -202,22 +209,25 @@ class Acceptance:
         from medfake.engine.diffusion.sd_model import init_model
         return self.once("model", lambda: init_model(self.preset, self.work / self.preset))
 
-    def sampler_config(self, size: int | None = None):
+    def sampler_config(self, size: int | None = None, fast: bool = False):
+        """The sampler settings of every path; ``fast``: also the ``FAST`` sampler options."""
         from medfake.engine.diffusion.sampler import SamplerConfig
         s = size or self.size
-        return SamplerConfig("dpm++", self.steps, 4.0, "", s, s)
+        return SamplerConfig("dpm++", self.steps, 4.0, "", s, s, **(FAST if fast else {}))
 
-    def reference(self, size: int | None = None, n: int | None = None) -> np.ndarray:
-        """torch fp32 images of the first ``n`` prompts at ``size`` (TF32 off)."""
+    def reference(self, size: int | None = None, n: int | None = None,
+                  fast: bool = False) -> np.ndarray:
+        """torch fp32 images of the first ``n`` prompts at ``size`` (TF32 off), with the
+        ``FAST`` sampler options when ``fast``."""
         size, n = size or self.size, n or self.batch
 
         def make():
             import torch
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-            s = self.torch_sampler(torch.float32, "sdpa", size, fused=False)
+            s = self.torch_sampler(torch.float32, "sdpa", size, fused=False, fast=fast)
             return s.generate(self.prompts[:n], self.seeds[:n], output="float")
-        return self.once(f"ref-{size}-{n}", make)
+        return self.once(f"ref-{size}-{n}{'-fast' if fast else ''}", make)
 
     def inpaint_inputs(self, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(0)
@@ -234,28 +244,33 @@ class Acceptance:
                                           output="float")
         return self.once(f"inpaint-ref-{n}", make)
 
-    def torch_sampler(self, dtype, attention: str, size: int | None = None, fused: bool = True):
+    def torch_sampler(self, dtype, attention: str, size: int | None = None, fused: bool = True,
+                      fast: bool = False):
         from medfake.engine.diffusion.backends import default_device
         from medfake.engine.diffusion.backends.torch_backend import TorchBackend
         from medfake.engine.diffusion.sampler import Sampler
         from medfake.engine.diffusion.sd_model import load_components
         comps = load_components(self.model, device=default_device(), dtype=dtype)
         b = TorchBackend(comps, attention=attention, fused_kernels=fused)
-        return Sampler(b, comps.tokenizer, dict(comps.scheduler.config), self.sampler_config(size))
+        return Sampler(b, comps.tokenizer, dict(comps.scheduler.config),
+                       self.sampler_config(size, fast))
 
-    def onnx_export(self) -> Path:
+    def onnx_export(self, deep: bool = False) -> Path:
+        """The ONNX export every ONNX/TensorRT path runs; ``deep``: with the step-feature
+        caching graphs (the shallow pass) too, for the ``FAST`` rows."""
         def make():
             from medfake.export.config import OnnxExportConfig
             from medfake.export.onnx_export import export_onnx
-            out = self.work / "onnx"
+            out = self.work / ("onnx-deepcache" if deep else "onnx")
             comps = ("text_encoder", "unet", "vae_decoder") + (("vae_encoder",)
                                                                if self.inpaint else ())
             export_onnx(str(self.model), str(out), OnnxExportConfig(
-                validate_batches=(1,), simplify=self.simplify, components=comps))
+                validate_batches=(1,), simplify=self.simplify, components=comps,
+                deep_cache=deep))
             return out
-        return self.once("onnx", make)
+        return self.once(f"onnx-{deep}", make)
 
-    def engines(self, fp16: bool) -> Path:
+    def engines(self, fp16: bool, deep: bool = False) -> Path:
         def make():
             from medfake.export.config import TensorRTBuildConfig
             from medfake.export.tensorrt_build import build_engines
@@ -263,23 +278,25 @@ class Acceptance:
             cfg = TensorRTBuildConfig(min_batch=1, opt_batch=self.batch, max_batch=self.batch,
                                       min_size=other, opt_size=self.size, max_size=self.size,
                                       fp16=fp16)
-            out = self.work / f"trt-{'fp16' if fp16 else 'fp32'}"
-            return build_engines(str(self.onnx_export()), str(out), cfg)
-        return self.once(f"trt-{fp16}", make)
+            out = self.work / f"trt-{'fp16' if fp16 else 'fp32'}{'-deepcache' if deep else ''}"
+            return build_engines(str(self.onnx_export(deep)), str(out), cfg)
+        return self.once(f"trt-{fp16}-{deep}", make)
 
     # -- one sampler path: txt2img (timed) + inpainting --------------------------------------
     def sampler_path(self, make_sampler: Callable[[int | None], Any], precision: str,
-                     other_size: bool = False) -> dict:
+                     other_size: bool = False, fast: bool = False) -> dict:
         """Time txt2img on ``make_sampler(None)`` and compare it, and inpainting (unless
         ``inpaint`` is off) (and with
         ``other_size`` a 3/4 size at batch 3 from ``make_sampler(size)``), with the torch fp32
-        reference; ``PathFailed`` over ``BOUNDS[precision]``. Runs on any device."""
+        reference; ``PathFailed`` over ``BOUNDS[precision]``. Runs on any device. ``fast``:
+        the sampler runs the ``FAST`` options and is compared with the reference made with
+        them (txt2img only)."""
         bound = BOUNDS[precision]
         sampler = make_sampler(None)
         images, ips = timed_generate(sampler, self.prompts, self.seeds, self.sync)
-        d = compare("txt2img", self.reference(), images, bound)
-        extra: dict[str, Any] = {}
-        if self.inpaint:
+        d = compare("txt2img", self.reference(fast=fast), images, bound)
+        extra: dict[str, Any] = {"sampler_options": FAST} if fast else {}
+        if self.inpaint and not fast:
             im, masks = self.inpaint_inputs()
             inp = sampler.generate_conditioned(self.prompts[:2], self.seeds[:2], im, masks,
                                                output="float")
@@ -293,31 +310,32 @@ class Acceptance:
         return {"max_diff": max([d, *(v for k, v in extra.items() if k.endswith("max_diff"))]),
                 "bound": bound, "images_per_s": ips, "extra": extra}
 
-    def torch_path(self, dtype_name: str, attention: str) -> dict:
+    def torch_path(self, dtype_name: str, attention: str, fast: bool = False) -> dict:
         import torch
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-        return self.sampler_path(lambda s: self.torch_sampler(dtype, attention, s), dtype_name)
+        return self.sampler_path(lambda s: self.torch_sampler(dtype, attention, s, fast=fast),
+                                 dtype_name, fast=fast)
 
-    def ort_path(self, provider: str) -> dict:
+    def ort_path(self, provider: str, fast: bool = False) -> dict:
         from medfake.engine.diffusion.backends import load_model
         from medfake.engine.diffusion.backends.components import JobShape
 
         def make(size):
             s = size or self.size
-            m = load_model(str(self.onnx_export()), "onnx", provider=provider,
+            m = load_model(str(self.onnx_export(fast)), "onnx", provider=provider,
                            job=JobShape(self.batch, s, s))
             want = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
             if want[provider] not in m.details["providers"]:
                 raise PathFailed(f"session runs on {m.details['providers']}")
-            return m.sampler(self.sampler_config(s))
-        return self.sampler_path(make, "tf32")
+            return m.sampler(self.sampler_config(s, fast))
+        return self.sampler_path(make, "tf32", fast=fast)
 
-    def trt_path(self, fp16: bool) -> dict:
+    def trt_path(self, fp16: bool, fast: bool = False) -> dict:
         from medfake.engine.diffusion.backends import load_model
-        engines = self.engines(fp16)
+        engines = self.engines(fp16, deep=fast)
         return self.sampler_path(
-            lambda s: load_model(str(engines), "tensorrt").sampler(self.sampler_config(s)),
-            "fp16" if fp16 else "tf32", other_size=True)
+            lambda s: load_model(str(engines), "tensorrt").sampler(self.sampler_config(s, fast)),
+            "fp16" if fp16 else "tf32", other_size=not fast, fast=fast)
 
     def triton_path(self) -> dict:
         import torch
@@ -463,6 +481,12 @@ def plan(acc: Acceptance) -> list[tuple[str, Callable[[], dict], tuple[str, ...]
         ("TensorRT fp16, dynamic profile", lambda: acc.trt_path(True), (*export, "tensorrt"),
          None),
         ("TensorRT fp32 (TF32), dynamic profile", lambda: acc.trt_path(False),
+         (*export, "tensorrt"), None),
+        ("torch fp16, CFG cutoff 0.5 + DeepCache k=3",
+         lambda: acc.torch_path("fp16", "sdpa", fast=True), (), None),
+        ("ORT CUDA EP, CFG cutoff 0.5 + DeepCache k=3", lambda: acc.ort_path("cuda", fast=True),
+         export, cuda_ep),
+        ("TensorRT fp16, CFG cutoff 0.5 + DeepCache k=3", lambda: acc.trt_path(True, fast=True),
          (*export, "tensorrt"), None),
         ("Triton GroupNorm+SiLU", acc.triton_path, ("triton",), None),
         ("DreamBooth LoRA 20 steps fp16", lambda: acc.dreambooth_path("fp16"), ("peft",), None),

@@ -515,7 +515,7 @@ def test_gpu_acceptance_on_cpu_skips_every_path_and_exits_0(tmp_path, capsys):
     assert ga.main([str(tmp_path / "out")]) == 0
     data = json.loads((tmp_path / "out" / "gpu_acceptance.json").read_text())
     statuses = {r["path"]: (r["status"], r["detail"]) for r in data["results"]}
-    assert len(statuses) == 13
+    assert len(statuses) == 16
     assert all(s == "skipped" and "no CUDA GPU" in d for s, d in statuses.values())
     assert "| TensorRT fp16, dynamic profile | skipped |" in capsys.readouterr().out
     assert not (tmp_path / "out" / "work").exists()   # nothing built on a CPU
@@ -544,6 +544,15 @@ def test_gpu_acceptance_compares_onnx_runtime_cpu_with_the_torch_fp32_reference(
     r = ga.run_path("ORT CPU", lambda: acc.sampler_path(ort, "fp32"))
     assert r.status == "ran", r.detail
     assert r.max_diff < 1e-3 and r.images_per_s > 0
+
+    # the FAST rows: CFG truncation + DeepCache through the export's shallow-pass graph,
+    # against the torch fp32 reference made with the same options (and not the plain one)
+    fast = ga.run_path("ORT CPU fast", lambda: acc.sampler_path(
+        lambda size: load_model(str(acc.onnx_export(deep=True)), "onnx", provider="cpu")
+        .sampler(acc.sampler_config(size, fast=True)), "fp32", fast=True))
+    assert fast.status == "ran", fast.detail
+    assert fast.max_diff < 1e-3 and fast.extra["sampler_options"] == ga.FAST
+    assert ga.image_diff(acc.reference(), acc.reference(fast=True)) > 1e-3
 
     ref = acc.reference()
     with pytest.raises(ga.PathFailed, match="over the bound"):
